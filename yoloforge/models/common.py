@@ -1,0 +1,246 @@
+"""Reusable building blocks shared by the detector families.
+
+Every block with batch normalization or parallel branches has a ``fuse()`` method that turns it into
+its deploy form in place (BN folded into the convolution, re-parameterized branches merged into one
+kernel). ``fuse()`` is idempotent and does not depend on the order in which a parent and its
+children are fused, so ``DetectionModel.fuse()`` can simply walk ``self.modules()``.
+
+References
+----------
+* RepVGG: Ding et al., "RepVGG: Making VGG-style ConvNets Great Again", CVPR 2021 (structural
+  re-parameterization of a 3x3 + 1x1 + identity block into one 3x3 convolution).
+* YOLOv6: Li et al., "YOLOv6: A Single-Stage Object Detection Framework for Industrial
+  Applications", arXiv:2209.02976 (RepBlock, CSPStackRep = BepC3 with BottleRep, SimSPPF,
+  transposed-convolution upsampling in Rep-PAN). Layer layout checked against
+  meituan/YOLOv6@0.2.0 ``yolov6/layers/common.py``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "make_act", "fuse_conv_bn", "ConvBNAct", "SimConv", "RepVGGBlock", "RepBlock", "BottleRep",
+    "BepC3", "SimSPPF", "SPPF", "Transpose", "conv_block",
+]
+
+# BatchNorm settings used by YOLOv6 (meituan/YOLOv6@0.2.0 yolov6/utils/torch_utils.py initialize_weights).
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.03
+
+
+def make_act(act) -> nn.Module:
+    """``"relu" | "silu" | "lrelu" | "mish" | None/False | nn.Module`` -> activation module."""
+    if isinstance(act, nn.Module):
+        return act
+    if act in (None, False, "none", "identity"):
+        return nn.Identity()
+    table = {"relu": lambda: nn.ReLU(inplace=True), "silu": lambda: nn.SiLU(inplace=True),
+             "lrelu": lambda: nn.LeakyReLU(0.1, inplace=True), "mish": lambda: nn.Mish(inplace=True),
+             "hardswish": lambda: nn.Hardswish(inplace=True)}
+    if act not in table:
+        raise ValueError(f"unknown activation {act!r}; known: {', '.join(sorted(table))}")
+    return table[act]()
+
+
+def _bn(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+@torch.no_grad()
+def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """Return a new ``nn.Conv2d`` (with bias) equal to ``bn(conv(x))`` in eval mode.
+
+    With ``s = gamma / sqrt(var + eps)``: ``W' = W * s`` (per output channel) and
+    ``b' = (b - mean) * s + beta`` (``b = 0`` when the conv has no bias).
+    """
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
+    fused = fused.to(device=conv.weight.device, dtype=conv.weight.dtype)
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    return fused
+
+
+class ConvBNAct(nn.Module):
+    """Conv2d -> BatchNorm2d -> activation ("same" padding for odd kernels).
+
+    ``bias=True`` keeps a conv bias in front of the BN (YOLOv6 0.2.0 ``ConvWrapper`` used by
+    YOLOv6-L's ``conv_silu`` training mode does this). After ``fuse()`` the BN is an identity.
+    """
+
+    def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1, p: int | None = None, g: int = 1,
+                 act="silu", bias: bool = False, d: int = 1):
+        super().__init__()
+        p = d * (k // 2) if p is None else p
+        self.conv = nn.Conv2d(c1, c2, k, s, p, dilation=d, groups=g, bias=bias)
+        self.bn = _bn(c2)
+        self.act = make_act(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+    @property
+    def is_fused(self) -> bool:
+        return isinstance(self.bn, nn.Identity)
+
+    def fuse(self) -> "ConvBNAct":
+        if not self.is_fused:
+            self.conv = fuse_conv_bn(self.conv, self.bn)
+            self.bn = nn.Identity()
+        return self
+
+
+def SimConv(c1: int, c2: int, k: int = 1, s: int = 1, g: int = 1, bias: bool = False) -> ConvBNAct:
+    """YOLOv6 ``SimConv``: conv + BN + ReLU."""
+    return ConvBNAct(c1, c2, k, s, g=g, act="relu", bias=bias)
+
+
+class RepVGGBlock(nn.Module):
+    """RepVGG block: ``act(BN(conv3x3(x)) + BN(conv1x1(x)) + BN(x))`` (identity only when the
+    shapes allow: ``stride == 1`` and ``c1 == c2``). ``fuse()`` folds the three branches into
+    one 3x3 convolution with bias (RepVGG, Sec. 3.3)."""
+
+    def __init__(self, c1: int, c2: int, k: int = 3, s: int = 1, act="relu"):
+        super().__init__()
+        if k != 3:
+            raise ValueError("RepVGGBlock needs a 3x3 kernel")
+        self.c1, self.c2, self.s = c1, c2, s
+        self.dense = ConvBNAct(c1, c2, 3, s, act=None)
+        self.one = ConvBNAct(c1, c2, 1, s, p=0, act=None)
+        self.identity = _bn(c1) if (c1 == c2 and s == 1) else None
+        self.act = make_act(act)
+        self.reparam: nn.Conv2d | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reparam is not None:
+            return self.act(self.reparam(x))
+        y = self.dense(x) + self.one(x)
+        if self.identity is not None:
+            y = y + self.identity(x)
+        return self.act(y)
+
+    @torch.no_grad()
+    def fuse(self) -> "RepVGGBlock":
+        if self.reparam is not None:
+            return self
+        dense, one = self.dense.fuse().conv, self.one.fuse().conv  # branch fuse is idempotent
+        weight = dense.weight + F.pad(one.weight, [1, 1, 1, 1])
+        bias = dense.bias + one.bias
+        if self.identity is not None:
+            eye = nn.Conv2d(self.c1, self.c2, 3, 1, 1, bias=False).to(weight)
+            eye.weight.zero_()
+            idx = torch.arange(self.c1, device=weight.device)
+            eye.weight[idx, idx, 1, 1] = 1.0
+            ident = fuse_conv_bn(eye, self.identity)
+            weight, bias = weight + ident.weight, bias + ident.bias
+        conv = nn.Conv2d(self.c1, self.c2, 3, self.s, 1, bias=True).to(weight)
+        conv.weight.copy_(weight)
+        conv.bias.copy_(bias)
+        self.reparam = conv
+        del self.dense, self.one
+        self.identity = None
+        return self
+
+
+def conv_block(kind: str):
+    """Return the basic 3x3 block of a YOLOv6 ``training_mode`` (meituan/YOLOv6@0.2.0 ``get_block``):
+    ``"repvgg"`` -> :class:`RepVGGBlock` (ReLU), ``"conv_silu"`` -> conv(bias)+BN+SiLU,
+    ``"conv_relu"`` -> conv(bias)+BN+ReLU. Signature of the result: ``block(c1, c2, k=3, s=1)``."""
+    if kind == "repvgg":
+        return RepVGGBlock
+    if kind in ("conv_silu", "conv_relu"):
+        act = "silu" if kind == "conv_silu" else "relu"
+
+        def block(c1, c2, k=3, s=1):
+            return ConvBNAct(c1, c2, k, s, act=act, bias=True)
+        return block
+    raise ValueError(f"unknown block kind {kind!r}; known: repvgg, conv_silu, conv_relu")
+
+
+class RepBlock(nn.Sequential):
+    """A stage of ``n`` stacked basic blocks (YOLOv6 RepBlock): ``block(c1, c2)`` then
+    ``n - 1`` times ``block(c2, c2)``."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, block=RepVGGBlock):
+        super().__init__(block(c1, c2), *(block(c2, c2) for _ in range(n - 1)))
+
+
+class BottleRep(nn.Module):
+    """Two basic blocks with a residual whose shortcut is scaled by a learnable ``alpha``
+    (YOLOv6 ``BottleRep``, weight=True): ``y = b2(b1(x)) + alpha * x`` when ``c1 == c2``."""
+
+    def __init__(self, c1: int, c2: int, block=RepVGGBlock, learnable_alpha: bool = True):
+        super().__init__()
+        self.conv1 = block(c1, c2)
+        self.conv2 = block(c2, c2)
+        self.shortcut = c1 == c2
+        if learnable_alpha:
+            self.alpha = nn.Parameter(torch.ones(1))
+        else:
+            self.register_buffer("alpha", torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv2(self.conv1(x))
+        return y + self.alpha * x if self.shortcut else y
+
+
+class BepC3(nn.Module):
+    """CSPStackRep block (YOLOv6 paper Fig. 3(c); ``BepC3`` in the code).
+
+    Two 1x1 convs split the input into ``c_ = int(c2 * e)`` channels each; one path goes through
+    ``max(n // 2, 1)`` :class:`BottleRep` blocks (each holds two basic blocks), then both paths are
+    concatenated and merged by a 1x1 conv. The 1x1 convs use ReLU, or SiLU when the basic block is
+    the ``conv_silu`` kind (``act="silu"``).
+    """
+
+    def __init__(self, c1: int, c2: int, n: int = 1, e: float = 0.5, block=RepVGGBlock, act="relu"):
+        super().__init__()
+        c_ = int(c2 * e)
+        self.cv1 = ConvBNAct(c1, c_, 1, 1, act=act)
+        self.cv2 = ConvBNAct(c1, c_, 1, 1, act=act)
+        self.cv3 = ConvBNAct(2 * c_, c2, 1, 1, act=act)
+        nb = max(n // 2, 1)
+        self.m = nn.Sequential(*(BottleRep(c_, c_, block=block) for _ in range(nb)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
+
+
+class SPPF(nn.Module):
+    """Fast spatial pyramid pooling: 1x1 conv to ``c1 // 2``, three chained ``k x k`` max-pools,
+    concat of the four maps, 1x1 conv to ``c2`` (equals SPP with kernels k, 2k-1, 3k-2)."""
+
+    def __init__(self, c1: int, c2: int, k: int = 5, act="silu"):
+        super().__init__()
+        c_ = c1 // 2
+        self.cv1 = ConvBNAct(c1, c_, 1, 1, act=act)
+        self.cv2 = ConvBNAct(4 * c_, c2, 1, 1, act=act)
+        self.pool = nn.MaxPool2d(k, 1, k // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y0 = self.cv1(x)
+        y1 = self.pool(y0)
+        y2 = self.pool(y1)
+        return self.cv2(torch.cat((y0, y1, y2, self.pool(y2)), 1))
+
+
+class SimSPPF(SPPF):
+    """SPPF with ReLU convs (YOLOv6 ``SimSPPF``)."""
+
+    def __init__(self, c1: int, c2: int, k: int = 5):
+        super().__init__(c1, c2, k, act="relu")
+
+
+class Transpose(nn.Module):
+    """Learned 2x upsampling with ``ConvTranspose2d(k=2, s=2)`` (Rep-PAN top-down path)."""
+
+    def __init__(self, c1: int, c2: int, k: int = 2, s: int = 2):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(c1, c2, k, s, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(x)

@@ -1,0 +1,85 @@
+"""Anchor-point helpers shared by the anchor-free heads and their assigners.
+
+YOLOv6 (Li et al., arXiv:2209.02976, Sec. 2.3.3 "anchor-free") predicts, at every cell of every
+output level, the distances (left, top, right, bottom) from the cell centre to the box sides. The
+cell centre is ``((x + offset) * stride, (y + offset) * stride)`` with ``offset = 0.5``. During the
+ATSS warm-up epochs each point also carries a square "anchor box" of side ``5 * stride`` centred on
+it (meituan/YOLOv6@0.2.0 ``yolov6/assigners/anchor_generator.py``: grid_cell_size 5.0, offset 0.5).
+
+Point order everywhere: level by level (stride 8 first), row-major inside a level (x fastest).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def _hw(f) -> tuple[int, int]:
+    """(h, w) of a feature map tensor (..., H, W) or of an (h, w) pair."""
+    if isinstance(f, torch.Tensor):
+        return int(f.shape[-2]), int(f.shape[-1])
+    h, w = f
+    return int(h), int(w)
+
+
+def make_anchor_points(feats: Sequence, strides: Sequence[float], offset: float = 0.5,
+                       device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cell-centre points of all levels.
+
+    Args:
+        feats: per level a feature map (…, H, W) or an ``(H, W)`` pair.
+        strides: per level stride in input pixels.
+        offset: position of the point inside its cell (0.5 = centre).
+    Returns:
+        ``points`` (N, 2) as (x, y) in input pixels and ``stride_tensor`` (N, 1), N = sum H*W.
+    """
+    if device is None:
+        device = next((f.device for f in feats if isinstance(f, torch.Tensor)), torch.device("cpu"))
+    points, stride_list = [], []
+    for f, s in zip(feats, strides):
+        h, w = _hw(f)
+        s = float(s)
+        xs = (torch.arange(w, device=device, dtype=dtype) + offset) * s
+        ys = (torch.arange(h, device=device, dtype=dtype) + offset) * s
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        points.append(torch.stack((gx, gy), -1).reshape(-1, 2))
+        stride_list.append(torch.full((h * w, 1), s, device=device, dtype=dtype))
+    if not points:
+        return torch.zeros(0, 2, device=device, dtype=dtype), torch.zeros(0, 1, device=device, dtype=dtype)
+    return torch.cat(points), torch.cat(stride_list)
+
+
+def make_atss_anchors(feats: Sequence, strides: Sequence[float], cell_size: float = 5.0, offset: float = 0.5,
+                      device=None, dtype=torch.float32):
+    """Square anchors of side ``cell_size * stride`` centred on the anchor points (ATSS warm-up).
+
+    Returns:
+        ``anchors`` (N, 4) xyxy pixels, ``points`` (N, 2) pixels, ``n_level_anchors`` list[int]
+        (H*W per level) and ``stride_tensor`` (N, 1).
+    """
+    points, stride_tensor = make_anchor_points(feats, strides, offset, device=device, dtype=dtype)
+    half = stride_tensor * (cell_size / 2)
+    anchors = torch.cat((points - half, points + half), -1)
+    n_level = [h * w for h, w in (_hw(f) for f in feats)]
+    return anchors, points, n_level, stride_tensor
+
+
+def distances_to_boxes(ltrb: torch.Tensor, points: torch.Tensor, stride_tensor: torch.Tensor | None = None):
+    """Decode (…, N, 4) ltrb distances at ``points`` (N, 2) into xyxy boxes.
+
+    When ``stride_tensor`` (N, 1) is given, the distances are in units of stride (the head's raw
+    output) and are scaled to pixels first; otherwise they are already in pixels.
+    """
+    if stride_tensor is not None:
+        ltrb = ltrb * stride_tensor
+    lt, rb = ltrb.split(2, dim=-1)
+    return torch.cat((points - lt, points + rb), -1)
+
+
+def dfl_expectation(logits: torch.Tensor, reg_max: int) -> torch.Tensor:
+    """Distribution Focal Loss decoding (GFL, Li et al. 2020): (…, 4 * (reg_max + 1)) logits laid out
+    side-major (side * (reg_max + 1) + bin) -> (…, 4) expected distances ``sum_i softmax_i * i``."""
+    bins = torch.arange(reg_max + 1, device=logits.device, dtype=logits.dtype)
+    prob = logits.unflatten(-1, (4, reg_max + 1)).softmax(-1)
+    return (prob * bins).sum(-1)

@@ -1,0 +1,106 @@
+"""Weights and training state on disk, always written atomically.
+
+* Weights: ``*.safetensors`` with the model's tensors (float32, unfused) and JSON metadata under the
+  key ``yoloforge`` (model name, build kwargs, class names, image size, epoch, metrics, hyp).
+  Nothing executable is ever read back.
+* Resume state: ``*.state.pt`` holding tensors, numbers, strings, lists and dicts only, read with
+  ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used, with the file named in the message."""
+
+
+def atomic_write(path: str | Path, writer) -> Path:
+    """Call ``writer(tmp_path)`` then move the file into place with ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda p: Path(p).write_text(text))
+
+
+def _plain_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared storage; clone keeps each tensor on its own buffer
+    return {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
+            for k, v in state.items()}
+
+
+def save_weights(path: str | Path, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
+    """Write a model's state dict and metadata to ``path`` (.safetensors), atomically."""
+    from safetensors.torch import save_file
+
+    meta = dict(meta, format_version=FORMAT_VERSION)
+    meta.setdefault("model", getattr(model, "name", ""))
+    meta.setdefault("build_kwargs", getattr(model, "build_kwargs", {}))
+    tensors = _plain_state(model.state_dict())
+    return atomic_write(path, lambda p: save_file(tensors, p, metadata={"yoloforge": json.dumps(meta)}))
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read ``(state_dict, meta)`` from a yoloforge .safetensors file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("yoloforge")
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for truncated/foreign files
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    if raw is None:
+        raise CheckpointError(f"{path}: safetensors file without yoloforge metadata (not written by yoloforge)")
+    return state, json.loads(raw)
+
+
+def load_model(path: str | Path):
+    """Rebuild the model named in the file's metadata and load its weights."""
+    from yoloforge.models.registry import build_model
+
+    state, meta = read_weights(path)
+    model = build_model(meta["model"], **meta.get("build_kwargs", {}))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit {meta['model']} "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.names = list(meta.get("names") or [str(i) for i in range(model.nc)])
+    return model, meta
+
+
+def save_state(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write a resume state (tensors and plain Python values only), atomically."""
+    return atomic_write(path, lambda p: torch.save(state, p))
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"resume state not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read resume state ({e.__class__.__name__}: {str(e)[:200]})") from None
