@@ -1,0 +1,41 @@
+"""Helpers shared by the benchmark scripts (tables, timing, a synthetic data set)."""
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def timeit(fn, n: int = 10, warmup: int = 2) -> list[float]:
+    """Seconds per call, ``n`` measured calls after ``warmup`` unmeasured ones."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def median_ms(ts: list[float]) -> float:
+    return 1e3 * statistics.median(ts)
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    cells = [[str(h) for h in headers]] + [[f"{c:.3g}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    w = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = [" | ".join(c.rjust(w[i]) for i, c in enumerate(r)) for r in cells]
+    lines.insert(1, "-+-".join("-" * x for x in w))
+    return "\n".join(lines)
+
+
+def shapes_data(n_train: int = 64, n_val: int = 16, imgsz: int = 320) -> Path:
+    from yoloforge.data.synthetic import make_shapes_dataset
+
+    root = Path(tempfile.gettempdir()) / f"yoloforge_bench_{n_train}_{n_val}_{imgsz}"
+    return Path(make_shapes_dataset(root, n_train=n_train, n_val=n_val, imgsz=imgsz, seed=0))

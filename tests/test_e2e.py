@@ -1,0 +1,108 @@
+"""End to end on tiny data: train -> val -> predict, through the CLI and the Python API."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from yoloforge import Detector
+from yoloforge.cli import main
+from yoloforge.utils.checkpoint import read_weights
+
+
+def _csv_rows(path: Path) -> list[list[str]]:
+    return [line.split(",") for line in path.read_text().strip().splitlines()]
+
+
+def test_cli_train_val_predict(tiny_data, tmp_path):
+    project = tmp_path / "runs"
+    rc = main(["train", "--model", "yolov6n", "--data", str(tiny_data), "--epochs", "2", "--imgsz", "96",
+               "--batch", "8", "--workers", "0", "--project", str(project), "--name", "t", "--close-mosaic", "1"])
+    assert rc == 0
+    run = project / "t"
+    best = run / "weights" / "best.safetensors"
+    for f in ["weights/best.safetensors", "weights/last.safetensors", "weights/last.state.pt", "results.csv",
+              "results.png", "PR_curve.png", "confusion_matrix.png", "labels.png", "val_batch_pred.png", "args.yaml"]:
+        assert (run / f).is_file(), f
+    rows = _csv_rows(run / "results.csv")
+    assert len(rows) == 3 and rows[0][0] == "epoch"  # header + one row per epoch
+    state, meta = read_weights(best)
+    assert meta["model"] == "yolov6n" and meta["names"][:2] == ["circle", "rectangle"] and meta["imgsz"] == 96
+    assert all(np.isfinite(v.numpy()).all() for v in state.values())
+
+    rc = main(["val", "--weights", str(best), "--data", str(tiny_data), "--save-json", "--workers", "0",
+               "--project", str(tmp_path / "val")])
+    assert rc == 0
+    vdir = tmp_path / "val" / "exp"
+    metrics = json.loads((vdir / "metrics.json").read_text())
+    assert 0.0 <= metrics["map"] <= metrics["map50"] <= 1.0 and metrics["images"] == 8
+    preds = json.loads((vdir / "predictions.json").read_text())
+    assert isinstance(preds, list) and all({"image_id", "category_id", "bbox", "score"} <= set(p) for p in preds)
+
+    src = Path(tiny_data).parent / "images" / "val"
+    rc = main(["predict", "--weights", str(best), "--source", str(src), "--conf", "0.01", "--save-txt",
+               "--project", str(tmp_path / "pred")])
+    assert rc == 0
+    pdir = tmp_path / "pred" / "exp"
+    assert len(list(pdir.glob("*.jpg"))) == 8
+    assert len(list((pdir / "labels").glob("*.txt"))) == 8
+
+
+def test_api_predict_glob_and_video(tiny_data, tmp_path):
+    import cv2
+
+    d = Detector("yolov6n", names=["circle", "rectangle", "triangle", "cross"])
+    src = Path(tiny_data).parent / "images" / "val"
+    res = d.predict(str(src / "*"), conf=0.0, imgsz=96)
+    assert len(res) == 8
+    r = res[0]
+    h, w = r.orig_img.shape[:2]
+    assert r.boxes.shape[1] == 4 and len(r.boxes) == len(r.scores) == len(r.classes) > 0
+    assert (r.boxes[:, [0, 2]] >= 0).all() and (r.boxes[:, [0, 2]] <= w).all() and (r.boxes[:, [1, 3]] <= h).all()
+    assert r.plot().shape == r.orig_img.shape
+
+    # a small video streams frame by frame
+    vid = tmp_path / "v.avi"
+    img = cv2.imread(str(sorted(src.glob("*"))[0]))
+    vw = cv2.VideoWriter(str(vid), cv2.VideoWriter_fourcc(*"MJPG"), 5, (img.shape[1], img.shape[0]))
+    for _ in range(3):
+        vw.write(img)
+    vw.release()
+    gen = d.predict(str(vid), stream=True, imgsz=96)
+    assert not isinstance(gen, list)
+    frames = [r.frame for r in gen]
+    assert frames == [0, 1, 2]
+
+
+def test_detector_untrained_fuse_keeps_outputs():
+    import torch
+
+    d = Detector("yolov6n", nc=3)
+    x = torch.rand(1, 3, 64, 64)
+    d.model.eval()
+    with torch.no_grad():
+        a = d.model(x)
+        d.model.fuse()
+        b = d.model(x)
+    assert a.shape == b.shape == (1, 84, 7)
+    assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "missing.yaml"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.yaml" in err[0]
+    assert main(["val", "--weights", str(tmp_path / "nope.safetensors"), "--data", "x.yaml"]) == 2
+    assert "nope.safetensors" in capsys.readouterr().err
+    assert main(["train", "--data", "x.yaml", "--imgsz", "100"]) == 2
+    assert "imgsz" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [b"", b"not a safetensors file at all"])
+def test_corrupt_weights_named(tmp_path, bad):
+    from yoloforge.utils.checkpoint import CheckpointError
+
+    p = tmp_path / "w.safetensors"
+    p.write_bytes(bad)
+    with pytest.raises(CheckpointError, match="w.safetensors"):
+        Detector(str(p))

@@ -1,0 +1,107 @@
+"""Trainer behaviours users depend on: exact resume after Ctrl-C, NaN stop, extending a run, bad configs."""
+import pytest
+import torch
+
+from yoloforge.config import TrainConfig, load_hyp
+from yoloforge.engine.trainer import Trainer, TrainingError
+from yoloforge.utils.checkpoint import load_state, read_weights
+
+
+def _cfg(data, project, name, **kw):
+    base = dict(model="yolov6n", data=str(data), epochs=2, imgsz=64, batch=4, nbs=4, workers=0,
+                project=str(project), name=name, deterministic=True, seed=3, close_mosaic=0, plots=False,
+                verbose=False, val_interval=5)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _final_state(run):
+    return load_state(run / "weights" / "last.state.pt")
+
+
+def test_resume_after_interrupt_is_exact(tiny_data, tmp_path, monkeypatch):
+    Trainer(_cfg(tiny_data, tmp_path, "straight")).train()
+    straight = _final_state(tmp_path / "straight")
+
+    calls = {"n": 0}
+    orig = Trainer._optimizer_step
+
+    def flaky_step(self):
+        calls["n"] += 1
+        if calls["n"] == 6:  # epoch 2 (4 steps per epoch), second batch: Ctrl-C
+            raise KeyboardInterrupt
+        orig(self)
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", flaky_step)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(_cfg(tiny_data, tmp_path, "interrupted")).train()
+    saved = _final_state(tmp_path / "interrupted")
+    assert (saved["epoch"], saved["batch"], saved["finished"]) == (1, 1, False)
+    monkeypatch.setattr(Trainer, "_optimizer_step", orig)
+
+    Trainer(TrainConfig(resume=str(tmp_path / "interrupted"), workers=0)).train()
+    resumed = _final_state(tmp_path / "interrupted")
+    assert resumed["finished"] and resumed["epoch"] == 2
+    for k, v in straight["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+    for k, v in straight["ema"].items():
+        assert torch.equal(v, resumed["ema"][k]), k
+
+
+def test_finished_run_needs_more_epochs(tiny_data, tmp_path):
+    Trainer(_cfg(tiny_data, tmp_path, "r", epochs=1)).train()
+    with pytest.raises(TrainingError, match="already finished"):
+        Trainer(TrainConfig(resume=str(tmp_path / "r"), workers=0)).train()
+    Trainer(TrainConfig(resume=str(tmp_path / "r"), workers=0), resume_epochs=2).train()
+    s = _final_state(tmp_path / "r")
+    assert s["epoch"] == 2 and s["finished"]
+    rows = (tmp_path / "r" / "results.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
+
+
+def test_resume_rejects_weights_without_state(tiny_data, tmp_path):
+    Trainer(_cfg(tiny_data, tmp_path, "w", epochs=1)).train()
+    (tmp_path / "w" / "weights" / "last.state.pt").unlink()
+    with pytest.raises(Exception, match="last.state.pt"):
+        Trainer(TrainConfig(resume=str(tmp_path / "w"), workers=0)).train()
+
+
+def test_nonfinite_loss_stops_with_message(tiny_data, tmp_path):
+    cfg = _cfg(tiny_data, tmp_path, "nan", epochs=1, hyp_override={"lr0": 1e6, "warmup_epochs": 0.0, "grad_clip": 0.0})
+    with pytest.raises(TrainingError, match="non-finite loss"):
+        Trainer(cfg).train()
+    # what was saved is usable: the weights of the last good step
+    state, meta = read_weights(tmp_path / "nan" / "weights" / "last.safetensors")
+    assert meta["model"] == "yolov6n"
+
+
+def test_finetune_other_nc_reinitializes_class_outputs(tiny_data, tmp_path):
+    from yoloforge.models.registry import build_model
+    from yoloforge.utils.checkpoint import save_weights
+
+    src = build_model("yolov6n", nc=7)
+    w = save_weights(tmp_path / "src.safetensors", src, {"names": [str(i) for i in range(7)], "imgsz": 64})
+    t = Trainer(_cfg(tiny_data, tmp_path, "ft", epochs=1, weights=str(w)))
+    t._setup()
+    assert t.model.nc == 4
+    sd_src, sd_new = src.state_dict(), t.model.state_dict()
+    same = [k for k in sd_new if k in sd_src and sd_src[k].shape == sd_new[k].shape]
+    assert len(same) > 0.9 * len(sd_new)
+    assert all(torch.equal(sd_src[k], sd_new[k].cpu()) for k in same if "num_batches" not in k)
+
+
+@pytest.mark.parametrize("field,value", [("epochs", 0), ("imgsz", 100), ("batch", 0), ("conf", 2.0), ("cache", "disk")])
+def test_bad_config_values(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{field: value})
+
+
+def test_hyp_overrides_and_unknown_keys(tmp_path):
+    hyp = load_hyp("yolov6", "yolov6n", overrides={"lr0": 0.5})
+    assert hyp["lr0"] == 0.5 and hyp["loss_iou"] == 2.5 and hyp["tal_topk"] == 13
+    with pytest.raises(ValueError, match="unknown hyper-parameter"):
+        load_hyp("yolov6", overrides={"lr_zero": 1})
+    f = tmp_path / "h.yaml"
+    f.write_text("mosaic: 3\n")
+    with pytest.raises(ValueError, match="mosaic"):
+        load_hyp("yolov6", source=f)

@@ -1,0 +1,203 @@
+"""``yoloforge VERB [options]`` -- one verb per mode: train val predict info demo.
+
+Errors a user can fix (missing file, bad label, bad option) print one line and exit 2;
+they never end in a traceback from deep inside torch.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+
+from yoloforge.config import TrainConfig, parse_value
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="train a model on a data yaml")
+    defaults = TrainConfig()
+    p.add_argument("--data", required=False, default="", help="data yaml (YOLOv5/ultralytics layout or COCO json sources)")
+    p.add_argument("--model", default=defaults.model, help="registered model name (see `yoloforge info --list`)")
+    p.add_argument("--epochs", type=int, default=None, help=f"epochs (default {defaults.epochs}; with --resume: extend to)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("data", "model", "epochs", "hyp_override"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        d = getattr(defaults, f.name)
+        if isinstance(d, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=d)
+        else:
+            p.add_argument(flag, type=type(d), default=d)
+    p.add_argument("--hyp-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one hyper-parameter, e.g. --hyp-override lr0=0.02 (repeatable)")
+
+
+def _kv(items: list[str]) -> dict:
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise ValueError(f"--hyp-override expects KEY=VALUE, got {it!r}")
+        k, v = it.split("=", 1)
+        out[k.strip()] = parse_value(v)
+    return out
+
+
+def cmd_train(a) -> int:
+    from yoloforge.engine.trainer import Trainer
+
+    d = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(a, f.name)}
+    d["hyp_override"] = _kv(a.hyp_override)
+    d["epochs"] = a.epochs if a.epochs is not None else TrainConfig.epochs
+    if not a.resume and not a.data:
+        raise ValueError("train needs --data path/to/data.yaml (or --resume RUN_DIR)")
+    best = Trainer(TrainConfig.from_dict(d), resume_epochs=a.epochs if a.resume else None).train()
+    print(f"best weights: {best}")
+    return 0
+
+
+def _add_common_infer(p):
+    p.add_argument("--weights", required=True, help="yoloforge .safetensors weights")
+    p.add_argument("--imgsz", type=int, default=None, help="input size (default: the training size)")
+    p.add_argument("--device", default="", help="cpu, cuda, cuda:1, or a GPU index")
+    p.add_argument("--conf", type=float, default=None, help="confidence threshold")
+    p.add_argument("--iou", type=float, default=None, help="NMS IoU threshold")
+    p.add_argument("--project", default=None)
+    p.add_argument("--name", default="exp")
+
+
+def cmd_val(a) -> int:
+    from yoloforge.api import Detector
+    from yoloforge.engine.trainer import next_run_dir
+
+    det = Detector(a.weights, device=a.device)
+    save_dir = next_run_dir(a.project or "runs/val", a.name, False)
+    m = det.val(a.data, split=a.split, imgsz=a.imgsz, batch=a.batch, conf=0.001 if a.conf is None else a.conf,
+                iou=0.65 if a.iou is None else a.iou, workers=a.workers, save_json=a.save_json,
+                save_dir=save_dir, plots=True)
+    print(f"mAP50-95 {m.map:.4f}  mAP50 {m.map50:.4f}  results in {save_dir}")
+    return 0
+
+
+def cmd_predict(a) -> int:
+    from yoloforge.api import Detector
+    from yoloforge.engine.trainer import next_run_dir
+
+    det = Detector(a.weights, device=a.device)
+    classes = [int(c) for c in a.classes.split(",")] if a.classes else None
+    pred = det.predictor(a.imgsz, 0.25 if a.conf is None else a.conf, 0.45 if a.iou is None else a.iou,
+                         a.max_det, classes, a.batch, a.nms)
+    save_dir = next_run_dir(a.project or "runs/predict", a.name, False)
+    r = pred.predict_to_dir(a.source, save_dir, save_img=not a.no_save, save_txt=a.save_txt, save_json=a.save_json)
+    s = r["speed_ms"]
+    print(f"{r['images']} images, {r['detections']} detections; per image {s['pre']:.1f} ms pre, "
+          f"{s['model']:.1f} ms model, {s['post']:.1f} ms post; results in {save_dir}")
+    return 0
+
+
+def cmd_info(a) -> int:
+    from yoloforge.models.registry import build_model, list_models
+    from yoloforge.utils.flops import model_info
+
+    if a.list or not a.model:
+        print("models: " + ", ".join(list_models()))
+        return 0
+    info = model_info(build_model(a.model, nc=a.nc), a.imgsz)
+    print(f"{a.model} at {a.imgsz}x{a.imgsz}, {a.nc} classes")
+    print(f"  train-time : {info['params'] / 1e6:8.3f} M params  {info['gflops']:8.2f} GFLOPs")
+    print(f"  deployed   : {info['params_fused'] / 1e6:8.3f} M params  {info['gflops_fused']:8.2f} GFLOPs (fused)")
+    return 0
+
+
+def cmd_demo(a) -> int:
+    """Synthetic shapes -> train yolov6n -> val -> predict, then print where everything is."""
+    from yoloforge.api import Detector
+    from yoloforge.data.synthetic import make_shapes_dataset
+
+    t0 = time.time()
+    root = Path(a.project) / "data"
+    data = make_shapes_dataset(root, n_train=a.n_train, n_val=a.n_val, imgsz=a.imgsz, seed=0)
+    print(f"demo data: {data}")
+    det = Detector(a.model)
+    best = det.train(data=str(data), epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, workers=a.workers,
+                     project=str(Path(a.project) / "train"), name="exp", exist_ok=True, close_mosaic=a.close_mosaic,
+                     seed=0, hyp_override={"warmup_epochs": 1.0})
+    m = Detector(best).val(str(data), save_dir=Path(a.project) / "val", plots=True, verbose=False)
+    val_imgs = sorted((root / "images" / "val").glob("*"))[:8]
+    out = Detector(best).predictor(conf=0.25).predict_to_dir([str(p) for p in val_imgs], Path(a.project) / "predict",
+                                                             verbose=False)
+    print("\n" + m.table())
+    print(f"\ndemo finished in {time.time() - t0:.0f} s: mAP50 {m.map50:.3f}, mAP50-95 {m.map:.3f} on the demo val split")
+    print(f"  weights     : {best}")
+    print(f"  training    : {best.parent.parent} (results.csv, results.png, PR_curve.png, confusion_matrix.png)")
+    print(f"  validation  : {Path(a.project) / 'val'}")
+    print(f"  predictions : {out['save_dir']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="yoloforge", description="YOLOv6 / YOLOv7 / Scaled-YOLOv4: train, val, predict, deploy")
+    sub = ap.add_subparsers(dest="verb", required=True)
+    _add_train(sub)
+
+    p = sub.add_parser("val", help="COCO mAP of weights on a data split")
+    _add_common_infer(p)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="val", choices=["train", "val", "test"])
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--save-json", action="store_true", help="write detections as COCO results json")
+
+    p = sub.add_parser("predict", help="detect objects in images, folders, globs or videos")
+    _add_common_infer(p)
+    p.add_argument("--source", required=True, help="image, folder, 'glob/*.jpg' or video")
+    p.add_argument("--max-det", type=int, default=300)
+    p.add_argument("--classes", default="", help="keep only these class ids, e.g. 0,2")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--nms", default="iou", choices=["iou", "diou"])
+    p.add_argument("--save-txt", action="store_true", help="also write YOLO txt labels")
+    p.add_argument("--save-json", action="store_true", help="also write a COCO results json")
+    p.add_argument("--no-save", action="store_true", help="do not write annotated images")
+
+    p = sub.add_parser("info", help="params and GFLOPs (train-time and deployed)")
+    p.add_argument("--model", default="")
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--nc", type=int, default=80)
+    p.add_argument("--list", action="store_true", help="list registered models")
+
+    p = sub.add_parser("demo", help="train yolov6n on generated shapes, validate, predict")
+    p.add_argument("--project", default="runs/demo")
+    p.add_argument("--model", default="yolov6n")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--imgsz", type=int, default=256)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--n-train", type=int, default=400)
+    p.add_argument("--n-val", type=int, default=100)
+    p.add_argument("--close-mosaic", type=int, default=5)
+    return ap
+
+
+VERBS = {"train": cmd_train, "val": cmd_val, "predict": cmd_predict, "info": cmd_info, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    from yoloforge.engine.trainer import TrainingError
+    from yoloforge.utils.checkpoint import CheckpointError
+
+    try:
+        return VERBS[a.verb](a)
+    except (FileNotFoundError, ValueError, CheckpointError, TrainingError, OSError) as e:
+        if os.environ.get("YOLOFORGE_DEBUG"):
+            raise
+        print(f"yoloforge {a.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,493 @@
+"""Dataset formats: the data yaml, image sources, YOLO txt labels, COCO json, and the label scan.
+
+Inside yoloforge labels are ``(n, 5)`` float32 ``[cls, x1, y1, x2, y2]`` in original-image pixels.
+Normalized ``cxcywh`` exists only in the YOLO txt files read here. Bad input never raises from deep
+inside numpy/torch: a broken file gives a one-line message naming ``file:line`` and is either fixed
+(small overshoot clipped, duplicates dropped) or dropped, and everything is counted in a
+:class:`DataReport`. Only unusable configuration (missing yaml/dir, nc/names mismatch, 0 images)
+raises :class:`DataError`.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+IMG_FORMATS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm"}
+CLIP_TOL = 0.01  # corners up to this far outside [0, 1] (normalized) are clipped; farther -> row dropped
+CACHE_VERSION = "yoloforge-scan-1"
+
+
+class DataError(ValueError):
+    """A dataset problem the user must fix; the message names the file."""
+
+
+# ----------------------------------------------------------------------------------------------- data yaml
+@dataclass
+class DataConfig:
+    """A parsed data yaml. ``train/val/test`` are lists of absolute source strings (or None)."""
+    root: Path
+    train: list[str] | None
+    val: list[str] | None
+    test: list[str] | None
+    names: list[str]
+    nc: int
+    path: Path
+
+
+def _is_glob(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+def load_data_yaml(path) -> DataConfig:
+    """Read a YOLOv5/ultralytics data yaml (``path``, ``train``, ``val``, ``test``, ``names``, ``nc``).
+
+    Relative sources resolve against ``path:`` which itself resolves against the yaml's directory.
+    ``names`` may be a list or a ``{id: name}`` dict; when it is missing and a source is a COCO json,
+    the json's categories give the names. Raises :class:`DataError` naming the yaml on any problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data yaml not found: {path}")
+    try:
+        d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise DataError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict):
+        raise DataError(f"{path}: expected a mapping with train/val/names keys")
+    root = Path(d.get("path") or ".").expanduser()
+    if not root.is_absolute():
+        root = (path.parent / root).resolve()
+    if not root.is_dir():
+        raise DataError(f"{path}: dataset root 'path: {d.get('path')}' is not a directory ({root})")
+
+    def sources(key):
+        v = d.get(key)
+        if v in (None, "", []):
+            return None
+        out = []
+        for s in (v if isinstance(v, (list, tuple)) else [v]):
+            p = Path(str(s)).expanduser()
+            p = p if p.is_absolute() else root / p
+            if key != "test" and not _is_glob(str(p)) and not p.exists():  # test: checked when used
+                raise DataError(f"{path}: {key} source '{s}' not found ({p})")
+            out.append(str(p))
+        return out
+
+    train, val, test = sources("train"), sources("val"), sources("test")
+    names = d.get("names")
+    if isinstance(names, dict):
+        ids = {str(k).strip(): v for k, v in names.items()}
+        if sorted(ids, key=lambda k: (len(k), k)) != [str(i) for i in range(len(ids))]:
+            raise DataError(f"{path}: names ids must be 0..{len(ids) - 1} without gaps, got {list(names)[:10]}")
+        names = [ids[str(i)] for i in range(len(ids))]
+    if names is None:
+        jsons = [s for s in (train or []) + (val or []) if s.endswith(".json")]
+        if jsons:
+            names = load_coco_json(jsons[0])[3]
+        elif d.get("nc") is not None:
+            names = [f"class{i}" for i in range(int(d["nc"]))]
+        else:
+            raise DataError(f"{path}: no 'names' (and no 'nc')")
+    if not isinstance(names, (list, tuple)):
+        raise DataError(f"{path}: names must be a list or an {{id: name}} mapping")
+    names = [str(n).strip() if n is not None else "" for n in names]
+    for i, n in enumerate(names):
+        if not n:
+            raise DataError(f"{path}: names[{i}] is empty (an empty line in names?)")
+    nc = d.get("nc")
+    if nc is not None and int(nc) != len(names):
+        raise DataError(f"{path}: nc={nc} but {len(names)} names are given")
+    return DataConfig(root=root, train=train, val=val, test=test, names=names, nc=len(names), path=path)
+
+
+# -------------------------------------------------------------------------------------------- image sources
+def list_images(source) -> list[Path]:
+    """Image paths of a source: directory (recursive), ``.txt`` list, glob, COCO ``.json``, image, or list."""
+    if isinstance(source, (list, tuple)):
+        return [p for s in source for p in list_images(s)]
+    s = str(source)
+    p = Path(s).expanduser()
+    if _is_glob(s) and not p.exists():
+        files = [Path(f) for f in sorted(glob.glob(s, recursive=True))]
+    elif p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMG_FORMATS and f.is_file())
+    elif p.suffix.lower() == ".txt" and p.is_file():
+        files = []
+        for line in p.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line:
+                f = Path(line).expanduser()
+                files.append(f if f.is_absolute() else (p.parent / f))
+    elif p.suffix.lower() == ".json" and p.is_file():
+        files = load_coco_json(p)[0]
+    elif p.is_file():
+        files = [p]
+    else:
+        raise DataError(f"image source not found: {s}")
+    return [f for f in files if f.suffix.lower() in IMG_FORMATS]
+
+
+def img2label_path(img) -> Path:
+    """``.../images/x/a.jpg`` -> ``.../labels/x/a.txt`` (last ``images`` dir); else the same dir."""
+    parts = list(Path(img).parts)
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            break
+    return Path(*parts).with_suffix(".txt")
+
+
+# ----------------------------------------------------------------------------------------------- image size
+def _exif_orientation(tiff: bytes) -> int:
+    e = "<" if tiff[:2] == b"II" else ">"
+    ifd = struct.unpack(e + "I", tiff[4:8])[0]
+    n = struct.unpack(e + "H", tiff[ifd:ifd + 2])[0]
+    for k in range(n):
+        o = ifd + 2 + 12 * k
+        if struct.unpack(e + "H", tiff[o:o + 2])[0] == 0x0112:
+            return struct.unpack(e + "H", tiff[o + 8:o + 10])[0]
+    return 1
+
+
+def _jpeg_size(f) -> tuple[int, int] | None:
+    orient, size = 1, None
+    while size is None:
+        b = f.read(1)
+        while b and b != b"\xff":
+            b = f.read(1)
+        while b == b"\xff":
+            b = f.read(1)
+        if not b:
+            return None
+        m = b[0]
+        if m in (0x01, 0xD8) or 0xD0 <= m <= 0xD7:
+            continue
+        if m in (0xD9, 0xDA):
+            return None
+        seg = f.read(struct.unpack(">H", f.read(2))[0] - 2)
+        if m == 0xE1 and seg[:6] == b"Exif\0\0":
+            try:
+                orient = _exif_orientation(seg[6:])
+            except struct.error:
+                orient = 1
+        elif 0xC0 <= m <= 0xCF and m not in (0xC4, 0xC8, 0xCC):
+            size = struct.unpack(">HH", seg[1:5])
+    h, w = size
+    return (w, h) if orient in (5, 6, 7, 8) else (h, w)  # cv2.imread applies EXIF rotation
+
+
+def image_size(path) -> tuple[tuple[int, int] | None, str | None]:
+    """(h, w) read from the header (JPEG incl. EXIF rotation, PNG, BMP), else by decoding.
+
+    Returns ``(None, reason)`` for an unreadable image and ``((h, w), warning|None)`` otherwise.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+            hw, warn = None, None
+            if head[:2] == b"\xff\xd8":
+                f.seek(2)
+                hw = _jpeg_size(f)
+                f.seek(-2, os.SEEK_END)
+                if hw and f.read(2) != b"\xff\xd9":
+                    warn, hw = "truncated JPEG (no end marker)", None
+            elif head[:8] == b"\x89PNG\r\n\x1a\n":
+                w, h = struct.unpack(">II", head[16:24])
+                hw = (h, w)
+            elif head[:2] == b"BM":
+                w, h = struct.unpack("<ii", head[18:26])
+                hw = (abs(h), w)
+        if hw and min(hw) > 0:
+            return hw, warn
+    except (OSError, struct.error, TypeError) as e:
+        return None, f"unreadable image ({e.__class__.__name__})"
+    im = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if im is None:
+        return None, "corrupt or unsupported image"
+    return im.shape[:2], warn
+
+
+# --------------------------------------------------------------------------------------------------- labels
+def read_yolo_labels(txt, nc: int, w: int, h: int):
+    """Parse a YOLO txt label file -> (labels float32 (n, 5) [cls, x1, y1, x2, y2] pixels, issues).
+
+    ``issues`` is a list of ``(reason, message)``; reasons ``columns``, ``not_numeric``, ``class_range``,
+    ``out_of_bounds``, ``zero_area``, ``duplicate`` drop the row, ``clipped`` keeps it. Polygon rows
+    (cls x1 y1 x2 y2 x3 y3 ...) become their bounding box. A missing/empty file = background.
+    """
+    txt = Path(txt)
+    issues, rows, lines = [], [], []
+    try:
+        text = txt.read_text(encoding="utf-8", errors="replace")
+    except (FileNotFoundError, IsADirectoryError):
+        text = ""
+    for ln, line in enumerate(text.splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        k = len(parts)
+        if k != 5 and (k < 7 or k % 2 == 0):
+            issues.append(("columns", f"{txt}:{ln}: expected 5 columns (cls cx cy w h), got {k}"))
+            continue
+        try:
+            v = [float(x) for x in parts]
+        except ValueError:
+            issues.append(("not_numeric", f"{txt}:{ln}: non-numeric value in '{line.strip()[:60]}'"))
+            continue
+        if not all(np.isfinite(v)):
+            issues.append(("not_numeric", f"{txt}:{ln}: nan/inf in '{line.strip()[:60]}'"))
+            continue
+        if k == 5:
+            cx, cy, bw, bh = v[1:]
+            rows.append((v[0], cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2))
+        else:
+            xs, ys = v[1::2], v[2::2]
+            rows.append((v[0], min(xs), min(ys), max(xs), max(ys)))
+        lines.append(ln)
+    if not rows:
+        return np.zeros((0, 5), np.float32), issues
+    a, ln = np.array(rows, np.float64), np.array(lines)
+    keep = np.ones(len(a), bool)
+    cls = a[:, 0]
+    bad = (cls != np.round(cls)) | (cls < 0) | (cls >= nc)
+    for i in np.flatnonzero(bad):
+        issues.append(("class_range", f"{txt}:{ln[i]}: class id {cls[i]:g} out of range 0..{nc - 1} (nc={nc})"))
+    keep &= ~bad
+    lo, hi = a[:, 1:].min(1), a[:, 1:].max(1)
+    far = keep & ((lo < -CLIP_TOL) | (hi > 1 + CLIP_TOL))
+    for i in np.flatnonzero(far):
+        issues.append(("out_of_bounds", f"{txt}:{ln[i]}: box corners {np.round(a[i, 1:], 4).tolist()} outside "
+                                        f"[0, 1] by more than {CLIP_TOL} (labels must be normalized)"))
+    keep &= ~far
+    near = keep & ((lo < -1e-6) | (hi > 1 + 1e-6))
+    for i in np.flatnonzero(near):
+        issues.append(("clipped", f"{txt}:{ln[i]}: box slightly outside the image, clipped to [0, 1]"))
+    a[:, 1:] = a[:, 1:].clip(0, 1)
+    zero = keep & ((a[:, 3] - a[:, 1]) * w < 1e-3) | keep & ((a[:, 4] - a[:, 2]) * h < 1e-3)
+    for i in np.flatnonzero(zero):
+        issues.append(("zero_area", f"{txt}:{ln[i]}: zero-area box"))
+    keep &= ~zero
+    a, ln = a[keep], ln[keep]
+    _, first = np.unique(a, axis=0, return_index=True)
+    if len(first) < len(a):
+        dup = np.setdiff1d(np.arange(len(a)), first)
+        for i in dup:
+            issues.append(("duplicate", f"{txt}:{ln[i]}: duplicate of an earlier row, dropped"))
+        a = a[np.sort(first)]
+    a[:, [1, 3]] *= w
+    a[:, [2, 4]] *= h
+    return a.astype(np.float32), issues
+
+
+def load_coco_json(path):
+    """COCO detection json -> (img_paths, labels list[(n, 5) pixels], shapes (N, 2) h/w, names, messages).
+
+    Categories are remapped to contiguous ids sorted by their json id; ``iscrowd`` boxes are skipped;
+    images without annotations are backgrounds. Image files are looked up next to the json, in its
+    parent, in ``images/`` and in ``<split>/`` (``instances_val2017.json`` -> ``val2017/``).
+    """
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        cats = sorted(d["categories"], key=lambda c: c["id"])
+        images = d["images"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: not a COCO detection json ({e.__class__.__name__}: {e})") from None
+    cat2cls = {c["id"]: i for i, c in enumerate(cats)}
+    names = [str(c.get("name", c["id"])) for c in cats]
+    split = path.stem.split("_")[-1]
+    cands = [path.parent, path.parent.parent, path.parent / "images", path.parent.parent / "images",
+             path.parent.parent / split, path.parent.parent / "images" / split, path.parent / split]
+    base = path.parent
+    if images:
+        f0 = images[0]["file_name"]
+        base = next((c for c in cands if (c / f0).exists()), path.parent)
+    rows: dict[int, list] = {im["id"]: [] for im in images}
+    msgs = []
+    for a in d.get("annotations", []):
+        if a.get("iscrowd", 0) or a["image_id"] not in rows:
+            continue
+        x, y, bw, bh = a["bbox"]
+        if a["category_id"] not in cat2cls:
+            msgs.append(("class_range", f"{path}: annotation {a.get('id')} has unknown category {a['category_id']}"))
+            continue
+        rows[a["image_id"]].append((cat2cls[a["category_id"]], x, y, x + bw, y + bh))
+    files, labels, shapes = [], [], []
+    for im in images:
+        h, w = int(im["height"]), int(im["width"])
+        lab = np.array(rows[im["id"]], np.float32).reshape(-1, 5)
+        lab[:, [1, 3]] = lab[:, [1, 3]].clip(0, w)
+        lab[:, [2, 4]] = lab[:, [2, 4]].clip(0, h)
+        ok = ((lab[:, 3] - lab[:, 1]) > 1e-3) & ((lab[:, 4] - lab[:, 2]) > 1e-3)
+        if (~ok).any():
+            msgs.append(("zero_area", f"{path}: image {im['file_name']}: {(~ok).sum()} zero-area box(es) dropped"))
+        files.append(base / im["file_name"])
+        labels.append(lab[ok])
+        shapes.append((h, w))
+    return files, labels, np.array(shapes, np.int64).reshape(-1, 2), names, msgs
+
+
+# ----------------------------------------------------------------------------------------------------- scan
+@dataclass
+class DataReport:
+    """What the scan found: counts, rows dropped per reason, and one-line messages."""
+    source: str = ""
+    images: int = 0
+    backgrounds: int = 0
+    boxes: int = 0
+    skipped_images: int = 0
+    clipped: int = 0
+    dropped: dict = field(default_factory=dict)
+    messages: list = field(default_factory=list)
+
+    def add(self, reason: str, msg: str) -> None:
+        self.messages.append(msg)
+        if reason == "clipped":
+            self.clipped += 1
+        elif reason == "skipped":
+            self.skipped_images += 1
+        elif reason != "warning":
+            self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def summary(self, max_messages: int = 10) -> str:
+        drops = ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())) or "none"
+        s = (f"{self.source}: {self.images} images, {self.backgrounds} backgrounds, {self.boxes} boxes, "
+             f"{self.skipped_images} images skipped, {self.clipped} boxes clipped, rows dropped: {drops}")
+        lines = [s] + [f"  WARNING {m}" for m in self.messages[:max_messages]]
+        if len(self.messages) > max_messages:
+            lines.append(f"  ... and {len(self.messages) - max_messages} more messages")
+        return "\n".join(lines)
+
+
+@dataclass
+class ScanResult:
+    img_files: list[Path]
+    labels: list[np.ndarray]
+    shapes: np.ndarray  # (N, 2) h, w
+    report: DataReport
+
+
+def _stat(p) -> str:
+    try:
+        st = os.stat(p)
+        return f"{p}|{st.st_size}|{st.st_mtime_ns}"
+    except OSError:
+        return f"{p}|-"
+
+
+def _cache_path(srcs, label_files, key: str, cache_dir) -> list[Path]:
+    """Candidate cache files: ``cache_dir`` (or $YOLOFORGE_CACHE_DIR) if given; else beside the labels dir
+    (if writable), then ~/.cache/yoloforge."""
+    cache_dir = cache_dir or os.environ.get("YOLOFORGE_CACHE_DIR")
+    user = Path(cache_dir or Path.home() / ".cache/yoloforge")
+    fallback = user / f"scan-{key[:12]}.npz"
+    d = Path(label_files[0]).parent if label_files else Path(str(srcs[0])).with_suffix("")
+    beside = d.parent / (f"{d.name}.cache.npz" if len(srcs) == 1 else f"{d.name}.{key[:8]}.cache.npz")
+    return [fallback] if cache_dir is not None or not os.access(d.parent, os.W_OK) else [beside, fallback]
+
+
+def _save_cache(path: Path, key: str, res: ScanResult) -> bool:
+    n = np.array([len(x) for x in res.labels], np.int64)
+    lab = np.concatenate(res.labels, 0) if res.labels else np.zeros((0, 5), np.float32)
+    rep = {k: getattr(res.report, k) for k in DataReport.__dataclass_fields__}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, key=np.array(key), files=np.array([str(p) for p in res.img_files], dtype=str),
+                     labels=lab.astype(np.float32), counts=n, shapes=res.shapes.astype(np.int64),
+                     report=np.array(json.dumps(rep)))
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        return False
+
+
+def _load_cache(path: Path, key: str) -> ScanResult | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["key"]) != key:
+                return None
+            counts = z["counts"]
+            labels = np.split(z["labels"], np.cumsum(counts)[:-1]) if len(counts) else []
+            rep = DataReport(**json.loads(str(z["report"])))
+            return ScanResult([Path(p) for p in z["files"].tolist()], [l.copy() for l in labels],
+                              z["shapes"].copy(), rep)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def scan_dataset(source, nc: int, cache: bool = True, cache_dir=None, verbose: bool = True) -> ScanResult:
+    """Find images and validated labels of ``source`` (any :func:`list_images` source or list of them).
+
+    Unreadable images are skipped (counted); labels are checked by :func:`read_yolo_labels`. The result
+    is cached (npz, no pickle) beside the labels dir or in ``cache_dir``/``~/.cache/yoloforge``, keyed by
+    a hash of every file's path, size and mtime, and reused while nothing changes.
+    """
+    import hashlib
+
+    srcs = list(source) if isinstance(source, (list, tuple)) else [source]
+    name = ", ".join(str(s) for s in srcs[:3]) + (" ..." if len(srcs) > 3 else "")
+    coco, plain = [], []
+    for s in srcs:
+        (coco if str(s).lower().endswith(".json") else plain).append(s)
+    img_files = list_images(plain) if plain else []
+    label_files = [img2label_path(f) for f in img_files]
+    hsh = hashlib.sha256(f"{CACHE_VERSION}|nc={nc}".encode())
+    for p in [*coco, *img_files, *label_files]:
+        hsh.update(_stat(p).encode())
+    key = hsh.hexdigest()
+    paths = _cache_path(srcs, label_files, key, cache_dir) if cache else []
+    for p in paths:
+        if p.is_file() and (res := _load_cache(p, key)) is not None:
+            if verbose:
+                print(res.report.summary() + f"\n  (labels cache {p})")
+            return res
+
+    rep = DataReport(source=name)
+    files, labels, shapes = [], [], []
+    for j in coco:
+        fs, ls, hw, jnames, msgs = load_coco_json(j)
+        for r, m in msgs:
+            rep.add(r, m)
+        if len(jnames) != nc:
+            raise DataError(f"{j}: {len(jnames)} categories but the dataset has nc={nc}")
+        for f, l, s in zip(fs, ls, hw):
+            if not f.is_file():
+                rep.add("skipped", f"{f}: image listed in {j} not found, skipped")
+                continue
+            files.append(f), labels.append(l), shapes.append(tuple(s))
+
+    def one(i):
+        hw, warn = image_size(img_files[i])
+        if hw is None:
+            return None, None, [("skipped", f"{img_files[i]}: {warn}, skipped")]
+        lab, issues = read_yolo_labels(label_files[i], nc, hw[1], hw[0])
+        return hw, lab, ([("warning", f"{img_files[i]}: {warn}")] if warn else []) + issues
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as ex:
+        for i, (hw, lab, issues) in enumerate(ex.map(one, range(len(img_files)))):
+            for r, m in issues:
+                rep.add(r, m)
+            if hw is not None:
+                files.append(img_files[i]), labels.append(lab), shapes.append(hw)
+    if not files:
+        raise DataError(f"no usable images found in {name}" + (f" ({rep.skipped_images} unreadable)"
+                                                               if rep.skipped_images else ""))
+    rep.images = len(files)
+    rep.backgrounds = sum(len(l) == 0 for l in labels)
+    rep.boxes = int(sum(len(l) for l in labels))
+    res = ScanResult(files, labels, np.array(shapes, np.int64).reshape(-1, 2), rep)
+    saved = next((p for p in paths if _save_cache(p, key, res)), None)
+    if verbose:
+        print(rep.summary() + (f"\n  (labels cache saved to {saved})" if saved else ""))
+    return res

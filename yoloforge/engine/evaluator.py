@@ -1,0 +1,144 @@
+"""COCO-style evaluation of any model that keeps the eval contract ``(B, N, 4 + nc)``.
+
+The model can be a torch module or any callable taking a float NCHW batch in [0, 1] (an ONNX
+Runtime or OpenVINO backend), so mAP is computed the same way for every family and format.
+Defaults follow the YOLOv6/v7 test scripts: conf 0.001, NMS IoU 0.65, 300 detections per image.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from yoloforge.utils.boxes import unletterbox_boxes
+from yoloforge.utils.nms import non_max_suppression
+
+
+@dataclass
+class Metrics:
+    map: float = 0.0  # AP50-95
+    map50: float = 0.0
+    map75: float = 0.0
+    precision: float = 0.0  # at the confidence of best mean F1
+    recall: float = 0.0
+    per_class: dict = field(default_factory=dict)  # name -> (AP50-95, AP50, instances)
+    images: int = 0
+    instances: int = 0
+    speed_ms: dict = field(default_factory=dict)  # per image: pre, model, post
+    loss: dict = field(default_factory=dict)
+    files: dict = field(default_factory=dict)  # what was written: json, plots
+
+    @property
+    def fitness(self) -> float:
+        """Model selection score (YOLOv5-style): 0.1 mAP50 + 0.9 mAP50-95."""
+        return 0.1 * self.map50 + 0.9 * self.map
+
+    def to_dict(self) -> dict:
+        return {"map": self.map, "map50": self.map50, "map75": self.map75, "precision": self.precision,
+                "recall": self.recall, "images": self.images, "instances": self.instances,
+                "per_class": self.per_class, "speed_ms": self.speed_ms, "fitness": self.fitness}
+
+    def table(self) -> str:
+        head = f"{'class':>16} {'images':>7} {'labels':>7} {'P':>7} {'R':>7} {'mAP50':>7} {'mAP50-95':>9}"
+        rows = [head, f"{'all':>16} {self.images:>7} {self.instances:>7} {self.precision:>7.3f} "
+                      f"{self.recall:>7.3f} {self.map50:>7.3f} {self.map:>9.3f}"]
+        if len(self.per_class) > 1:
+            for name, (ap, ap50, n) in self.per_class.items():
+                if n:
+                    rows.append(f"{name[:16]:>16} {'':>7} {n:>7} {'':>7} {'':>7} {ap50:>7.3f} {ap:>9.3f}")
+        if self.speed_ms:
+            s = self.speed_ms
+            rows.append(f"speed per image: {s.get('pre', 0):.1f} ms pre, {s.get('model', 0):.1f} ms model, "
+                        f"{s.get('post', 0):.1f} ms post")
+        return "\n".join(rows)
+
+
+def _image_id(path: str, index: int) -> int:
+    stem = Path(path).stem
+    return int(stem) if stem.isdigit() else index
+
+
+@torch.no_grad()
+def evaluate(model, loader, names: list[str], *, conf: float = 0.001, iou: float = 0.65, max_det: int = 300,
+             device: str | torch.device = "cpu", half: bool = False, save_dir: str | Path | None = None,
+             save_json: bool = False, plots: bool = False, loss_fn=None, verbose: bool = True,
+             desc: str = "val") -> Metrics:
+    """Run ``model`` over ``loader`` and compute COCO mAP with faster-coco-eval.
+
+    ``loss_fn`` (optional) is the family loss: when given and ``model`` is a torch module, the
+    validation loss is computed too (the model must then return training outputs in train mode,
+    so we call it once more in that mode only for the loss -- used only by the trainer).
+    """
+    from yoloforge.utils.metrics import ConfusionMatrix, coco_map, match_predictions, pr_curves, to_coco_results
+
+    device = torch.device(device)
+    is_module = isinstance(model, torch.nn.Module)
+    if is_module:
+        model.eval()
+    nc = len(names)
+    gts, dts, ids, paths, tps = [], [], [], [], []
+    confusion = ConfusionMatrix(nc)
+    t_pre = t_model = t_post = 0.0
+    n_img = 0
+    for imgs, targets, metas in tqdm(loader, desc=desc, disable=not verbose, leave=False, dynamic_ncols=True):
+        t0 = time.perf_counter()
+        x = imgs.to(device, non_blocking=True).float().div_(255)
+        if half:
+            x = x.half()
+        t1 = time.perf_counter()
+        preds = model(x)
+        if isinstance(preds, (list, tuple)):
+            preds = preds[0]
+        t2 = time.perf_counter()
+        dets = non_max_suppression(preds.float(), conf=conf, iou=iou, max_det=max_det, multi_label=True)
+        t3 = time.perf_counter()
+        t_pre, t_model, t_post = t_pre + t1 - t0, t_model + t2 - t1, t_post + t3 - t2
+        targets = targets.cpu()
+        for i, (det, meta) in enumerate(zip(dets, metas)):
+            det = det.cpu().numpy()
+            t = targets[targets[:, 0] == i].numpy()
+            shape = meta["orig_shape"]
+            gt_boxes = unletterbox_boxes(t[:, 2:6], meta["ratio_pad"], shape) if len(t) else np.zeros((0, 4), np.float32)
+            boxes = unletterbox_boxes(det[:, :4], meta["ratio_pad"], shape) if len(det) else np.zeros((0, 4), np.float32)
+            gts.append({"boxes": gt_boxes, "classes": t[:, 1].astype(int), "shape": shape})
+            dts.append({"boxes": boxes, "scores": det[:, 4], "classes": det[:, 5].astype(int)})
+            dets_orig = np.concatenate([boxes, det[:, 4:6]], 1)
+            confusion.update(dets_orig, gt_boxes, t[:, 1].astype(int))
+            tps.append(match_predictions(dets_orig, gt_boxes, t[:, 1].astype(int))[:, 0])
+            ids.append(_image_id(meta["path"], n_img))
+            paths.append(meta["path"])
+            n_img += 1
+    m = Metrics(images=n_img, instances=int(sum(len(g["classes"]) for g in gts)))
+    if n_img:
+        for g, i in zip(gts, ids):
+            g["image_id"] = i
+        r = coco_map(gts, dts, names)
+        m.map, m.map50, m.map75 = float(r["map"]), float(r["map50"]), float(r["map75"])
+        counts = np.bincount(np.concatenate([g["classes"] for g in gts]).astype(int), minlength=nc) if m.instances else np.zeros(nc, int)
+        m.per_class = {names[c]: (float(np.nan_to_num(r["per_class_ap"][c])), float(np.nan_to_num(r["per_class_ap50"][c])),
+                                  int(counts[c])) for c in range(nc)}
+        pr = pr_curves(np.concatenate(tps), np.concatenate([d["scores"] for d in dts]),
+                       np.concatenate([d["classes"] for d in dts]), np.concatenate([g["classes"] for g in gts]), nc)
+        m.precision, m.recall = float(pr["mp"]), float(pr["mr"])
+        m.speed_ms = {"pre": 1e3 * t_pre / n_img, "model": 1e3 * t_model / n_img, "post": 1e3 * t_post / n_img}
+        if save_dir is not None:
+            save_dir = Path(save_dir)
+            save_dir.mkdir(parents=True, exist_ok=True)
+            if save_json:
+                rows = to_coco_results(dts, ids)
+                p = save_dir / "predictions.json"
+                p.write_text(json.dumps(rows))
+                m.files["json"] = str(p)
+            if plots:
+                from yoloforge.utils.plots import plot_confusion_matrix, plot_pr_curve
+
+                m.files["pr_curve"] = str(plot_pr_curve(pr["rx"], pr["py"], pr["ap50"], names, save_dir / "PR_curve.png"))
+                m.files["confusion_matrix"] = str(plot_confusion_matrix(confusion.matrix, names,
+                                                                        save_dir / "confusion_matrix.png"))
+            (save_dir / "metrics.json").write_text(json.dumps(m.to_dict(), indent=1))
+    return m

@@ -1,0 +1,224 @@
+"""Prediction on images, folders, globs, lists and videos.
+
+Preprocessing is the square letterbox used by training and validation (the same everywhere, so a
+model gives the same boxes in every mode and format). Frames stream through a generator: a long
+video never accumulates results in memory unless the caller keeps them.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import torch
+
+from yoloforge.utils.boxes import unletterbox_boxes, xyxy2cxcywh, xyxy2xywh
+from yoloforge.utils.logging import get_logger
+from yoloforge.utils.nms import non_max_suppression
+
+LOG = get_logger()
+IMG_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+VID_EXT = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg"}
+
+
+@dataclass
+class Results:
+    """Detections of one image, in its original pixels."""
+
+    boxes: np.ndarray  # (n, 4) xyxy
+    scores: np.ndarray  # (n,)
+    classes: np.ndarray  # (n,) int
+    names: list
+    path: str = ""
+    orig_img: np.ndarray | None = field(default=None, repr=False)  # BGR
+    frame: int | None = None
+    speed_ms: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def plot(self) -> np.ndarray:
+        """The original image (BGR) with the detections drawn."""
+        from yoloforge.utils.plots import draw_detections
+
+        return draw_detections(self.orig_img.copy(), self.boxes, self.scores, self.classes, self.names)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(path), self.plot()):
+            raise OSError(f"could not write {path}")
+        return path
+
+    def to_yolo_txt(self, with_conf: bool = True) -> str:
+        h, w = self.orig_img.shape[:2]
+        xywh = xyxy2cxcywh(self.boxes.astype(np.float32)) / np.array([w, h, w, h], np.float32)
+        rows = []
+        for c, b, s in zip(self.classes, xywh, self.scores):
+            rows.append(f"{int(c)} {b[0]:.6f} {b[1]:.6f} {b[2]:.6f} {b[3]:.6f}" + (f" {s:.5f}" if with_conf else ""))
+        return "\n".join(rows) + ("\n" if rows else "")
+
+    def to_coco(self, image_id) -> list[dict]:
+        return [{"image_id": image_id, "category_id": int(c), "bbox": [round(float(v), 3) for v in b],
+                 "score": round(float(s), 5)} for b, s, c in zip(xyxy2xywh(self.boxes.astype(np.float32)),
+                                                                self.scores, self.classes)]
+
+
+def iter_source(source) -> Iterator[tuple[str, np.ndarray, int | None]]:
+    """Yield (path, BGR image, frame index or None) from a path, folder, glob, video or list of them."""
+    if isinstance(source, np.ndarray):
+        yield "array", source, None
+        return
+    if isinstance(source, (list, tuple)):
+        for s in source:
+            yield from iter_source(s)
+        return
+    s = str(source)
+    p = Path(s)
+    if any(ch in s for ch in "*?["):
+        files = sorted(glob.glob(s, recursive=True))
+        if not files:
+            raise FileNotFoundError(f"no files match {s}")
+        yield from iter_source(files)
+    elif p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMG_EXT | VID_EXT)
+        if not files:
+            raise FileNotFoundError(f"no images or videos in {p}")
+        yield from iter_source([str(f) for f in files])
+    elif not p.exists():
+        raise FileNotFoundError(f"source not found: {p}")
+    elif p.suffix.lower() in VID_EXT:
+        cap = cv2.VideoCapture(s)
+        if not cap.isOpened():
+            raise OSError(f"{p}: cannot open video")
+        i = 0
+        try:
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                yield s, frame, i
+                i += 1
+        finally:
+            cap.release()
+    else:
+        img = cv2.imread(s)
+        if img is None:
+            LOG.warning(f"{p}: unreadable image, skipped")
+            return
+        yield s, img, None
+
+
+def preprocess(imgs: list[np.ndarray], imgsz: int) -> tuple[np.ndarray, list]:
+    """Letterbox BGR images to a float32 RGB NCHW batch in [0, 1]; also the (ratio, pad) of each."""
+    from yoloforge.data.augment import letterbox
+
+    out = np.empty((len(imgs), 3, imgsz, imgsz), np.float32)
+    rps = []
+    for k, img in enumerate(imgs):
+        lb, ratio, pad = letterbox(img, imgsz)
+        out[k] = lb[:, :, ::-1].transpose(2, 0, 1)
+        rps.append((ratio, pad))
+    out *= 1 / 255.0
+    return out, rps
+
+
+class Predictor:
+    """Runs a model (torch module or any backend callable on float NCHW) over a source."""
+
+    def __init__(self, model, names: list[str], imgsz: int = 640, conf: float = 0.25, iou: float = 0.45,
+                 max_det: int = 300, classes: list[int] | None = None, batch: int = 1, device="cpu",
+                 agnostic: bool = False, nms_kind: str = "iou"):
+        if isinstance(model, torch.nn.Module):
+            model = model.to(device).eval()
+            if not getattr(model, "fused", False):
+                model.fuse()
+        self.model, self.names, self.imgsz = model, list(names), int(imgsz)
+        self.conf, self.iou, self.max_det, self.classes = conf, iou, max_det, classes
+        self.batch, self.device, self.agnostic, self.nms_kind = max(int(batch), 1), torch.device(device), agnostic, nms_kind
+
+    @torch.inference_mode()
+    def _run_batch(self, items) -> list[Results]:
+        t0 = time.perf_counter()
+        x, rps = preprocess([it[1] for it in items], self.imgsz)
+        xt = torch.from_numpy(x)
+        if isinstance(self.model, torch.nn.Module):
+            xt = xt.to(self.device)
+        t1 = time.perf_counter()
+        pred = self.model(xt)
+        if isinstance(pred, (list, tuple)):
+            pred = pred[0]
+        pred = torch.as_tensor(pred)
+        t2 = time.perf_counter()
+        dets = non_max_suppression(pred.float(), conf=self.conf, iou=self.iou, max_det=self.max_det,
+                                   classes=self.classes, agnostic=self.agnostic, kind=self.nms_kind)
+        out = []
+        for (path, img, frame), det, rp in zip(items, dets, rps):
+            det = det.cpu().numpy()
+            boxes = unletterbox_boxes(det[:, :4], rp, img.shape[:2]) if len(det) else np.zeros((0, 4), np.float32)
+            out.append(Results(boxes, det[:, 4], det[:, 5].astype(int), self.names, path, img, frame))
+        t3 = time.perf_counter()
+        n = len(items)
+        for r in out:
+            r.speed_ms = {"pre": 1e3 * (t1 - t0) / n, "model": 1e3 * (t2 - t1) / n, "post": 1e3 * (t3 - t2) / n}
+        return out
+
+    def stream(self, source) -> Iterator[Results]:
+        buf = []
+        for item in iter_source(source):
+            buf.append(item)
+            if len(buf) == self.batch:
+                yield from self._run_batch(buf)
+                buf = []
+        if buf:
+            yield from self._run_batch(buf)
+
+    def __call__(self, source, stream: bool = False):
+        gen = self.stream(source)
+        return gen if stream else list(gen)
+
+    def predict_to_dir(self, source, save_dir: str | Path, save_img: bool = True, save_txt: bool = False,
+                       save_json: bool = False, verbose: bool = True) -> dict:
+        """Write annotated images (videos as .mp4), YOLO txt and/or a COCO json to ``save_dir``."""
+        from tqdm import tqdm
+
+        save_dir = Path(save_dir)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        writers: dict[str, cv2.VideoWriter] = {}
+        coco, n_img, n_det, t_total = [], 0, 0, {"pre": 0.0, "model": 0.0, "post": 0.0}
+        try:
+            for r in tqdm(self.stream(source), desc="predict", disable=not verbose, unit="img", dynamic_ncols=True):
+                n_img += 1
+                n_det += len(r)
+                for k in t_total:
+                    t_total[k] += r.speed_ms.get(k, 0.0)
+                stem = Path(r.path).stem
+                if r.frame is not None:
+                    if save_img:
+                        w = writers.get(r.path)
+                        if w is None:
+                            h, wd = r.orig_img.shape[:2]
+                            fps = cv2.VideoCapture(r.path).get(cv2.CAP_PROP_FPS) or 25
+                            w = writers[r.path] = cv2.VideoWriter(str(save_dir / f"{stem}.mp4"),
+                                                                  cv2.VideoWriter_fourcc(*"mp4v"), fps, (wd, h))
+                        w.write(r.plot())
+                    stem = f"{stem}_{r.frame}"
+                elif save_img:
+                    r.save(save_dir / (stem + ".jpg"))
+                if save_txt:
+                    (save_dir / "labels").mkdir(exist_ok=True)
+                    (save_dir / "labels" / f"{stem}.txt").write_text(r.to_yolo_txt())
+                if save_json:
+                    coco.extend(r.to_coco(int(stem) if stem.isdigit() else stem))
+        finally:
+            for w in writers.values():
+                w.release()
+        if save_json:
+            (save_dir / "predictions.json").write_text(json.dumps(coco))
+        speed = {k: v / max(n_img, 1) for k, v in t_total.items()}
+        return {"images": n_img, "detections": n_det, "save_dir": str(save_dir), "speed_ms": speed}

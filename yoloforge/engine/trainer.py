@@ -1,0 +1,434 @@
+"""The family-agnostic trainer.
+
+It knows a model only through the contract in docs/ARCHITECTURE.md: ``build_loss(hyp)``,
+``default_hyp``, ``stride``, ``fuse()`` and the eval output. One process or torch DDP
+(``torchrun --nproc_per_node N -m yoloforge train ...``): rank 0 alone logs, validates and writes.
+
+Nothing is lost: every epoch writes ``weights/last.safetensors`` and ``weights/last.state.pt``
+atomically; Ctrl-C writes both at the last optimizer step, and ``--resume`` continues from there
+(with ``--deterministic`` bit for bit: the sampler order and augmentations depend only on seed,
+epoch and index, and the skipped batches are not drawn again).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from yoloforge.config import TrainConfig, load_hyp
+from yoloforge.engine import ddp
+from yoloforge.engine.ema import ModelEMA, unwrap
+from yoloforge.engine.evaluator import Metrics, evaluate
+from yoloforge.engine.optim import apply_schedule, build_optimizer, lr_lambda, warmup_iters
+from yoloforge.utils import checkpoint as ckpt
+from yoloforge.utils.logging import get_logger
+
+LOG = get_logger()
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, bad resume state, ...); the message says why."""
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def next_run_dir(project: str | Path, name: str, exist_ok: bool) -> Path:
+    base = Path(project) / name
+    if exist_ok or not base.exists():
+        return base
+    i = 2
+    while (Path(project) / f"{name}{i}").exists():
+        i += 1
+    return Path(project) / f"{name}{i}"
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
+            "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2])}
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    random.setstate((3, tuple(int(v) for v in s["python"]), s["python_pos"]))
+    np.random.set_state(("MT19937", s["numpy_keys"].numpy().astype(np.uint32), int(s["numpy_pos"]), 0, 0.0))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig | dict, model: nn.Module | None = None, resume_epochs: int | None = None):
+        """``resume_epochs``: with ``cfg.resume``, train up to this many epochs instead of the saved count."""
+        self.cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(cfg)
+        self.given_model = model
+        self.resume_epochs = resume_epochs
+        self._last_step_batch = 0
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        cfg = self.cfg
+        resume_state = None
+        if cfg.resume:
+            resume_state, run_dir = self._find_resume(cfg.resume)
+            saved = TrainConfig.from_dict(resume_state["cfg"])
+            # resuming keeps the run's config; only the epoch count may be extended
+            saved.epochs = max(saved.epochs, self.resume_epochs or 0)
+            saved.resume, saved.workers, saved.device = cfg.resume, cfg.workers, cfg.device
+            self.cfg = cfg = saved
+        self.device = ddp.setup(cfg.device)
+        self.rank, self.world = ddp.rank(), ddp.world_size()
+        self.main = self.rank == 0
+        seed_everything(cfg.seed + self.rank, cfg.deterministic)
+
+        from yoloforge.data.dataset import DetectionDataset
+        from yoloforge.data.formats import load_data_yaml
+        from yoloforge.data.loader import build_dataloader
+
+        if not cfg.data:
+            raise ValueError("no dataset given: pass --data path/to/data.yaml")
+        self.data = load_data_yaml(cfg.data)
+        self.names = list(self.data.names)
+        if not self.data.train:
+            raise ValueError(f"{cfg.data}: no 'train' entry")
+
+        self.model = self._build_model()
+        self.hyp = load_hyp(self.model.default_hyp, self.model.name, cfg.hyp or None, cfg.hyp_override)
+        self.model.to(self.device)
+
+        if cfg.resume:
+            self.run_dir = run_dir
+        else:
+            self.run_dir = next_run_dir(cfg.project, cfg.name, cfg.exist_ok) if self.main else Path(cfg.project) / cfg.name
+            self.run_dir = ddp.broadcast_object(self.run_dir)
+        self.wdir = self.run_dir / "weights"
+        if self.main:
+            self.wdir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "args.yaml").write_text(_yaml_dump({"cfg": cfg.to_dict(), "hyp": self.hyp}))
+
+        verbose = cfg.verbose and self.main
+        self.train_ds = DetectionDataset(self.data.train, self.names, imgsz=cfg.imgsz, augment=True, hyp=self.hyp,
+                                         cache=cfg.cache or False, seed=cfg.seed, verbose=verbose)
+        self.batch = cfg.batch // self.world if self.world > 1 else cfg.batch
+        if self.world > 1 and cfg.batch % self.world:
+            raise ValueError(f"batch {cfg.batch} is not divisible by the {self.world} DDP processes")
+        self.train_loader = build_dataloader(self.train_ds, self.batch, cfg.workers, shuffle=True, seed=cfg.seed,
+                                             rank=self.rank, world_size=self.world, drop_last=self.world > 1)
+        self.val_loader = None
+        if self.main and self.data.val:
+            self.val_ds = DetectionDataset(self.data.val, self.names, imgsz=cfg.imgsz, augment=False,
+                                           seed=cfg.seed, verbose=verbose)
+            self.val_loader = build_dataloader(self.val_ds, max(self.batch * 2, 2), cfg.workers, shuffle=False,
+                                               seed=cfg.seed)
+
+        self.accumulate = max(round(cfg.nbs / cfg.batch), 1)
+        weight_decay = self.hyp["weight_decay"] * cfg.batch * self.accumulate / cfg.nbs
+        self.optimizer = build_optimizer(self.model, self.hyp, weight_decay)
+        self.lf = lr_lambda(self.hyp, cfg.epochs)
+        self.loss_fn = self.model.build_loss(self.hyp)
+        self.ema = ModelEMA(self.model, self.hyp["ema_decay"], self.hyp["ema_tau"]) if self.main else None
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.start_epoch, self.start_batch, self.best_fitness, self.bad_epochs = 0, 0, -1.0, 0
+        if resume_state is not None:
+            self._load_resume(resume_state)
+        if self.world > 1:
+            if cfg.sync_bn:
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.model = ddp.wrap(self.model, self.device)
+        self.csv_path = self.run_dir / "results.csv"
+
+    def _build_model(self) -> nn.Module:
+        from yoloforge.models.registry import build_model
+
+        cfg, nc = self.cfg, len(self.names)
+        if self.given_model is not None:
+            model = self.given_model
+        elif cfg.weights:
+            model, meta = ckpt.load_model(cfg.weights)
+            if model.nc != nc:
+                LOG.info(f"{cfg.weights}: trained for {model.nc} classes, data has {nc}: re-initializing the class outputs")
+                fresh = build_model(model.name, **dict(model.build_kwargs, nc=nc))
+                own = fresh.state_dict()
+                fresh.load_state_dict({k: v for k, v in model.state_dict().items()
+                                       if k in own and own[k].shape == v.shape}, strict=False)
+                model = fresh
+        else:
+            model = build_model(cfg.model, nc=nc)
+        if getattr(model, "fused", False):
+            raise TrainingError(f"model {model.name} is fused (deploy form) and cannot be trained; start from unfused weights")
+        model.names = self.names
+        return model
+
+    # ------------------------------------------------------------------ resume
+    def _find_resume(self, resume: str):
+        p = Path(resume)
+        if resume == "auto":
+            states = sorted(Path(self.cfg.project).glob("*/weights/last.state.pt"), key=lambda f: f.stat().st_mtime)
+            if not states:
+                raise TrainingError(f"--resume auto: no weights/last.state.pt under {self.cfg.project}")
+            p = states[-1]
+        elif p.is_dir():
+            p = p / "weights" / "last.state.pt"
+        elif p.suffix == ".safetensors":
+            p = p.with_name(p.name.replace(".safetensors", ".state.pt"))
+        state = ckpt.load_state(p)
+        if "optimizer" not in state or "model" not in state:
+            raise TrainingError(f"{p}: has no optimizer state, so training cannot be resumed; "
+                                f"fine-tune from it instead with --weights")
+        if state.get("finished") and (self.resume_epochs or 0) <= int(state["epoch"]):
+            raise TrainingError(f"{p}: this run already finished its {state['epoch']} epochs; "
+                                f"pass a larger --epochs to continue it, or fine-tune with --weights")
+        return state, p.parent.parent
+
+    def _load_resume(self, s: dict) -> None:
+        self.model.load_state_dict(s["model"])
+        self.optimizer.load_state_dict(s["optimizer"])
+        if self.ema is not None:
+            self.ema.ema.load_state_dict(s["ema"])
+            self.ema.updates = int(s["ema_updates"])
+        self.start_epoch, self.start_batch = int(s["epoch"]), int(s["batch"])
+        self.best_fitness, self.bad_epochs = float(s["best_fitness"]), int(s.get("bad_epochs", 0))
+        if self.rank == 0 and "rng" in s:
+            _set_rng_state(s["rng"])
+        if self.main:
+            LOG.info(f"resuming {self.run_dir} at epoch {self.start_epoch + 1}"
+                     + (f", batch {self.start_batch}" if self.start_batch else ""))
+
+    def _save_state(self, epoch: int, batch: int, finished: bool = False) -> None:
+        """Write last.safetensors (EMA weights) and last.state.pt at an optimizer-step boundary."""
+        if not self.main:
+            return
+        state = {"model": unwrap(self.model).state_dict(), "ema": self.ema.ema.state_dict(),
+                 "ema_updates": self.ema.updates, "optimizer": self.optimizer.state_dict(), "epoch": epoch,
+                 "batch": batch, "best_fitness": self.best_fitness, "bad_epochs": self.bad_epochs,
+                 "cfg": self.cfg.to_dict(), "rng": _rng_state(), "finished": finished}
+        ckpt.save_state(self.wdir / "last.state.pt", state)
+        ckpt.save_weights(self.wdir / "last.safetensors", self.ema.ema, self._meta(epoch))
+
+    def _meta(self, epoch: int, metrics: Metrics | None = None) -> dict:
+        m = unwrap(self.model)
+        return {"model": m.name, "build_kwargs": m.build_kwargs, "names": self.names, "imgsz": self.cfg.imgsz,
+                "epoch": epoch, "hyp": self.hyp, "metrics": metrics.to_dict() if metrics else None}
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> Path:
+        self._setup()
+        cfg = self.cfg
+        nb = len(self.train_loader)
+        n_warmup = warmup_iters(self.hyp, nb, cfg.epochs)
+        if self.main:
+            LOG.info(f"training {unwrap(self.model).name} on {len(self.train_ds)} images for {cfg.epochs} epochs "
+                     f"(batch {cfg.batch}, accumulate {self.accumulate}, imgsz {cfg.imgsz}, {self.device}"
+                     + (f", {self.world} processes" if self.world > 1 else "") + f") -> {self.run_dir}")
+            if cfg.plots:
+                self._plot_labels()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics = Metrics()
+        epoch = self.start_epoch
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                self._train_epoch(epoch, nb, n_warmup)
+                metrics = self._end_epoch(epoch)
+                if self._should_stop(epoch):
+                    break
+        except KeyboardInterrupt:
+            if self.main:
+                self._restore_step_buffers()
+                self._save_state(epoch, self._last_step_batch)
+                LOG.warning(f"interrupted: state saved at epoch {epoch + 1}, batch {self._last_step_batch}; "
+                            f"continue with: yoloforge train --resume {self.run_dir}")
+            raise
+        finally:
+            ddp.cleanup()
+        if self.main:
+            return self._finish(epoch, metrics)
+        return self.wdir / "best.safetensors"
+
+    def _train_epoch(self, epoch: int, nb: int, n_warmup: int) -> None:
+        cfg, ds = self.cfg, self.train_ds
+        ds.set_epoch(epoch)
+        if hasattr(self.train_loader.sampler, "set_epoch"):
+            self.train_loader.sampler.set_epoch(epoch)
+        if epoch >= cfg.epochs - cfg.close_mosaic and ds.mosaic:
+            ds.mosaic = False
+            ds.mixup_enabled = False
+            if self.main:
+                LOG.info(f"epoch {epoch + 1}: closing mosaic and mixup for the last {cfg.close_mosaic} epochs")
+        self.model.train()
+        start = self.start_batch if epoch == self.start_epoch else 0
+        self._last_step_batch = start
+        self._snapshot_step_buffers()
+        mloss = None
+        pbar = tqdm(enumerate(self.train_loader), total=nb, disable=not (self.main and cfg.verbose),
+                    desc=f"epoch {epoch + 1}/{cfg.epochs}", dynamic_ncols=True, leave=False)
+        t0 = time.time()
+        for i, (imgs, targets, _) in pbar:
+            if i < start:
+                continue  # resumed mid-epoch: these batches already went into the weights
+            it = i + nb * epoch
+            apply_schedule(self.optimizer, self.hyp, self.lf, epoch, it, n_warmup)
+            imgs = imgs.to(self.device, non_blocking=True).float().div_(255)
+            targets = targets.to(self.device)
+            with torch.autocast(self.device.type, enabled=self.use_amp):
+                outputs = self.model(imgs)
+                loss, items = self.loss_fn(outputs, targets, epoch)
+            if not torch.isfinite(loss):
+                self._abort_nonfinite(epoch, i, items)
+            self.scaler.scale(loss).backward()
+            if (i + 1) % self.accumulate == 0 or i + 1 == nb:
+                self._optimizer_step()
+                self._last_step_batch = i + 1
+            mloss = items if mloss is None else (mloss * (i - start) + items) / (i - start + 1)
+            if self.main:
+                pbar.set_postfix({n: f"{v:.3f}" for n, v in zip(self.loss_fn.names, mloss.tolist())})
+        self.epoch_time = time.time() - t0
+        self.epoch_loss = mloss if mloss is not None else torch.zeros(len(self.loss_fn.names))
+
+    def _optimizer_step(self) -> None:
+        self.scaler.unscale_(self.optimizer)
+        if self.hyp.get("grad_clip", 0):
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=self.hyp["grad_clip"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self._snapshot_step_buffers()
+
+    def _snapshot_step_buffers(self) -> None:
+        """Keep the BN statistics of the last optimizer step: forwards after it (of batches that will be
+        re-run after a resume) must not leak into a saved state."""
+        if self.main:
+            self._step_buffers = [b.detach().clone() for b in unwrap(self.model).buffers()]
+
+    def _restore_step_buffers(self) -> None:
+        saved = getattr(self, "_step_buffers", None)
+        if saved is not None:
+            with torch.no_grad():
+                for b, v in zip(unwrap(self.model).buffers(), saved):
+                    b.copy_(v)
+
+    def _abort_nonfinite(self, epoch: int, i: int, items: torch.Tensor) -> None:
+        detail = ", ".join(f"{n}={v:.4g}" for n, v in zip(self.loss_fn.names, items.tolist()))
+        msg = (f"non-finite loss at epoch {epoch + 1}, batch {i} ({detail}). The weights from the last good step are "
+               f"in {self.wdir / 'last.safetensors'}. Usual causes: learning rate too high for this batch size "
+               f"(try --hyp-override lr0=...), AMP on a GPU without fp16 support (--no-amp), or broken labels.")
+        if self.main and self.ema is not None:
+            self._restore_step_buffers()
+            self._save_state(epoch, self._last_step_batch)
+        raise TrainingError(msg)
+
+    def _end_epoch(self, epoch: int) -> Metrics:
+        cfg = self.cfg
+        metrics = Metrics()
+        if self.main:
+            final = epoch + 1 == cfg.epochs
+            if self.val_loader is not None and ((epoch + 1) % cfg.val_interval == 0 or final):
+                metrics = evaluate(self.ema.ema, self.val_loader, self.names, conf=cfg.conf, iou=cfg.iou,
+                                   device=self.device, verbose=cfg.verbose, desc=f"val {epoch + 1}")
+                improved = metrics.fitness > self.best_fitness
+                self.bad_epochs = 0 if improved else self.bad_epochs + 1
+            else:
+                improved = self.val_loader is None  # without val data the newest weights are the best
+            if improved:
+                self.best_fitness = max(metrics.fitness, self.best_fitness)
+                ckpt.save_weights(self.wdir / "best.safetensors", self.ema.ema, self._meta(epoch, metrics))
+            self._save_state(epoch + 1, 0, finished=final)
+            if cfg.save_period and (epoch + 1) % cfg.save_period == 0:
+                ckpt.save_weights(self.wdir / f"epoch{epoch + 1}.safetensors", self.ema.ema, self._meta(epoch, metrics))
+            self._log_epoch(epoch, metrics)
+        ddp.barrier()
+        return metrics
+
+    def _should_stop(self, epoch: int) -> bool:
+        stop = bool(self.cfg.patience and self.bad_epochs >= self.cfg.patience) if self.main else False
+        stop = ddp.broadcast_object(stop)  # every rank leaves the loop together (no DDP hang)
+        if stop and self.main:
+            LOG.info(f"early stop: no improvement for {self.cfg.patience} epochs (epoch {epoch + 1})")
+        return stop
+
+    def _log_epoch(self, epoch: int, m: Metrics) -> None:
+        names = [f"train/{n}_loss" for n in self.loss_fn.names]
+        row = {"epoch": epoch + 1, **{n: round(float(v), 5) for n, v in zip(names, self.epoch_loss.tolist())},
+               "metrics/precision": round(m.precision, 5), "metrics/recall": round(m.recall, 5),
+               "metrics/mAP50": round(m.map50, 5), "metrics/mAP50-95": round(m.map, 5),
+               "lr": round(self.optimizer.param_groups[0]["lr"], 7), "time_s": round(self.epoch_time, 1)}
+        new = not self.csv_path.exists()
+        with open(self.csv_path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        if self.cfg.verbose:
+            loss = " ".join(f"{n}={v:.3f}" for n, v in zip(self.loss_fn.names, self.epoch_loss.tolist()))
+            LOG.info(f"epoch {epoch + 1}/{self.cfg.epochs}  {loss}  mAP50={m.map50:.3f} mAP50-95={m.map:.3f}  "
+                     f"({self.epoch_time:.0f}s)")
+
+    def _plot_labels(self) -> None:
+        try:
+            from yoloforge.utils.plots import plot_labels
+
+            plot_labels(self.train_ds.labels, self.train_ds.shapes, self.names, self.run_dir / "labels.png")
+        except Exception as e:  # a plot never stops training
+            LOG.warning(f"label plot skipped: {e}")
+
+    def _finish(self, epoch: int, last: Metrics) -> Path:
+        best = self.wdir / "best.safetensors"
+        if not best.exists():
+            ckpt.save_weights(best, self.ema.ema, self._meta(epoch, last))
+        final = last
+        if self.val_loader is not None:
+            model, _ = ckpt.load_model(best)
+            final = evaluate(model.to(self.device).fuse(), self.val_loader, self.names, conf=self.cfg.conf,
+                             iou=self.cfg.iou, device=self.device, save_dir=self.run_dir, plots=self.cfg.plots,
+                             verbose=self.cfg.verbose, desc="val best")
+            LOG.info("best weights on the val split:\n" + final.table())
+        if self.cfg.plots:
+            try:
+                from yoloforge.utils.plots import plot_results
+
+                plot_results(self.csv_path)
+                self._plot_val_batch(best)
+            except Exception as e:
+                LOG.warning(f"plots skipped: {e}")
+        self.final_metrics = final
+        LOG.info(f"results in {self.run_dir} (best: {best})")
+        return best
+
+    def _plot_val_batch(self, best: Path) -> None:
+        if self.val_loader is None:
+            return
+        from yoloforge.utils.nms import non_max_suppression
+        from yoloforge.utils.plots import plot_image_grid
+
+        model, _ = ckpt.load_model(best)
+        model.to(self.device).fuse()
+        imgs, targets, _ = next(iter(self.val_loader))
+        with torch.inference_mode():
+            dets = non_max_suppression(model(imgs.to(self.device).float() / 255), conf=0.25, iou=0.45)
+        plot_image_grid(imgs, dets=[d.cpu() for d in dets], names=self.names, path=self.run_dir / "val_batch_pred.png")
+        plot_image_grid(imgs, targets=targets, names=self.names, path=self.run_dir / "val_batch_labels.png")
+
+
+def _yaml_dump(d: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(d, sort_keys=False)
+
+
+def train(cfg: TrainConfig | dict, model: nn.Module | None = None) -> Path:
+    return Trainer(cfg, model).train()
+
