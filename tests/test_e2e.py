@@ -106,3 +106,11 @@ def test_corrupt_weights_named(tmp_path, bad):
     p.write_bytes(bad)
     with pytest.raises(CheckpointError, match="w.safetensors"):
         Detector(str(p))
+
+
+def test_cli_info_prints_train_and_deployed_counts(capsys):
+    assert main(["info", "--model", "yolov6n", "--imgsz", "320"]) == 0
+    out = capsys.readouterr().out
+    assert "train-time" in out and "deployed" in out
+    fused_params = float(out.split("deployed")[1].split("M params")[0].strip(" :"))
+    assert abs(fused_params - 4.317) / 4.317 < 0.01  # FACTS.md: YOLOv6-N 4.317M fused

@@ -72,6 +72,14 @@ HYP_PRESETS: dict[str, dict[str, Any]] = {
         _COMMON, lrf=0.2, box=0.05, cls=0.3, cls_pw=1.0, obj=0.7, obj_pw=1.0, iou_t=0.20, anchor_t=4.0,
         fl_gamma=0.0, translate=0.2, scale=0.9, mixup=0.15, paste_in=0.15, loss_ota=1, aux_weight=0.25,
     ),
+    # Scaled-YOLOv4: WongKinYiu/ScaledYOLOv4@yolov4-csp data/hyp.scratch.yaml (CIoU and iou_t 0.2 agree with
+    # darknet cfg/yolov4-csp.cfg iou_thresh=0.2). label_smoothing 0 as in the official training (the YOLOv4
+    # paper's BoF value is 0.1).
+    "yolov4": dict(
+        _COMMON, lrf=0.2, box=0.05, cls=0.3, cls_pw=1.0, obj=0.7, obj_pw=1.0, iou_t=0.20, anchor_t=4.0,
+        label_smoothing=0.0, iou_loss="ciou", gr=1.0, anchor_match="iou", neighbor_cells=True,
+        translate=0.1, scale=0.9, mosaic=1.0, mixup=0.0,
+    ),
 }
 
 # Per-variant differences inside a family (sources: meituan/YOLOv6@0.2.0 configs/yolov6{n,m,l}.py).
@@ -80,6 +88,10 @@ VARIANT_HYP: dict[str, dict[str, Any]] = {
     "yolov6t": dict(lr0=0.01),
     "yolov6m": dict(mixup=0.1),
     "yolov6l": dict(mixup=0.1),
+    # ScaledYOLOv4@yolov4-large data/hyp.scratch.yaml
+    "yolov4-p5": dict(cls=0.5, obj=1.0, translate=0.5, scale=0.5, warmup_momentum=0.9),
+    "yolov4-p6": dict(cls=0.5, obj=1.0, translate=0.5, scale=0.5, warmup_momentum=0.9),
+    "yolov4-p7": dict(cls=0.5, obj=1.0, translate=0.5, scale=0.5, warmup_momentum=0.9),
 }
 
 

@@ -55,7 +55,8 @@ class AnchorHead(nn.Module):
         self.nl, self.na = len(anchors), len(anchors[0]) // 2
         self.decode_kind, self.scale_xy = decode, float(scale_xy)
         self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32).view(self.nl, self.na, 2))
-        self.register_buffer("strides", torch.tensor([float(s) for s in strides]), persistent=False)
+        self._stride_list = [float(s) for s in strides]  # plain floats: usable on the meta device too
+        self.register_buffer("strides", torch.tensor(self._stride_list), persistent=False)
         self.m = nn.ModuleList(nn.Conv2d(c, self.na * self.no, 1) for c in in_channels)
         self.ia = nn.ModuleList(ImplicitA(c) for c in in_channels) if implicit else None
         self.im = nn.ModuleList(ImplicitM(self.na * self.no) for _ in in_channels) if implicit else None
@@ -64,7 +65,7 @@ class AnchorHead(nn.Module):
 
     def initialize_biases(self, class_freq=None) -> None:
         """Objectness prior of ~8 objects per 640x640 image, class prior ~0.6/nc (YOLOv5 recipe)."""
-        for conv, s in zip(self.m, self.strides.tolist()):
+        for conv, s in zip(self.m, self._stride_list):
             b = conv.bias.view(self.na, -1).detach()
             b[:, 4] = math.log(8 / (640 / s) ** 2)
             b[:, 5:] = math.log(0.6 / (self.nc - 0.99)) if class_freq is None else torch.log(class_freq / class_freq.sum())
@@ -114,7 +115,7 @@ class AnchorHead(nn.Module):
         for i, p in enumerate(raw):
             b, _, h, w, _ = p.shape
             grid, anchor = self._grid(h, w, i, p.device, p.dtype)
-            s = self.strides[i].item()
+            s = self._stride_list[i]
             t = p.sigmoid()
             if self.decode_kind == "scaled":
                 xy = (t[..., :2] * 2 - 0.5 + grid) * s

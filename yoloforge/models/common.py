@@ -55,9 +55,11 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     With ``s = gamma / sqrt(var + eps)``: ``W' = W * s`` (per output channel) and
     ``b' = (b - mean) * s + beta`` (``b = 0`` when the conv has no bias).
     """
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
-    fused = fused.to(device=conv.weight.device, dtype=conv.weight.dtype)
+    # skip_init: no random initialisation of weights that are overwritten right away (fusing P7 took seconds)
+    fused = torch.nn.utils.skip_init(nn.Conv2d, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                                     conv.padding, conv.dilation, conv.groups, bias=True,
+                                     padding_mode=conv.padding_mode, device=conv.weight.device,
+                                     dtype=conv.weight.dtype)
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
