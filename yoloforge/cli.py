@@ -120,7 +120,7 @@ def cmd_demo(a) -> int:
     data = make_shapes_dataset(root, n_train=a.n_train, n_val=a.n_val, imgsz=a.imgsz, seed=0)
     print(f"demo data: {data}")
     det = Detector(a.model)
-    best = det.train(data=str(data), epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, workers=a.workers,
+    best = det.train(data=str(data), epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, nbs=a.batch, workers=a.workers,
                      project=str(Path(a.project) / "train"), name="exp", exist_ok=True, close_mosaic=a.close_mosaic,
                      seed=0, hyp_override={"warmup_epochs": 1.0})
     m = Detector(best).val(str(data), save_dir=Path(a.project) / "val", plots=True, verbose=False)

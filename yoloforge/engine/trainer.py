@@ -105,6 +105,10 @@ class Trainer:
             raise ValueError(f"{cfg.data}: no 'train' entry")
 
         self.model = self._build_model()
+        max_stride = int(self.model.stride.max())
+        if cfg.imgsz % max_stride:
+            raise ValueError(f"imgsz {cfg.imgsz} must be a multiple of {max_stride} (the largest stride of "
+                             f"{self.model.name})")
         self.hyp = load_hyp(self.model.default_hyp, self.model.name, cfg.hyp or None, cfg.hyp_override)
         self.model.to(self.device)
 

@@ -133,13 +133,15 @@ class RepVGGBlock(nn.Module):
         weight = dense.weight + F.pad(one.weight, [1, 1, 1, 1])
         bias = dense.bias + one.bias
         if self.identity is not None:
-            eye = nn.Conv2d(self.c1, self.c2, 3, 1, 1, bias=False).to(weight)
+            eye = torch.nn.utils.skip_init(nn.Conv2d, self.c1, self.c2, 3, 1, 1, bias=False,
+                                           device=weight.device, dtype=weight.dtype)
             eye.weight.zero_()
             idx = torch.arange(self.c1, device=weight.device)
             eye.weight[idx, idx, 1, 1] = 1.0
             ident = fuse_conv_bn(eye, self.identity)
             weight, bias = weight + ident.weight, bias + ident.bias
-        conv = nn.Conv2d(self.c1, self.c2, 3, self.s, 1, bias=True).to(weight)
+        conv = torch.nn.utils.skip_init(nn.Conv2d, self.c1, self.c2, 3, self.s, 1, bias=True,
+                                        device=weight.device, dtype=weight.dtype)
         conv.weight.copy_(weight)
         conv.bias.copy_(bias)
         self.reparam = conv
