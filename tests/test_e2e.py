@@ -14,12 +14,17 @@ def _csv_rows(path: Path) -> list[list[str]]:
     return [line.split(",") for line in path.read_text().strip().splitlines()]
 
 
-def test_cli_train_val_predict(tiny_data, tmp_path):
-    project = tmp_path / "runs"
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory) -> Path:
+    project = tmp_path_factory.mktemp("runs")
     rc = main(["train", "--model", "yolov6n", "--data", str(tiny_data), "--epochs", "2", "--imgsz", "96",
                "--batch", "8", "--workers", "0", "--project", str(project), "--name", "t", "--close-mosaic", "1"])
     assert rc == 0
-    run = project / "t"
+    return project / "t"
+
+
+def test_cli_train_writes_everything(trained):
+    run = trained
     best = run / "weights" / "best.safetensors"
     for f in ["weights/best.safetensors", "weights/last.safetensors", "weights/last.state.pt", "results.csv",
               "results.png", "PR_curve.png", "confusion_matrix.png", "labels.png", "val_batch_pred.png", "args.yaml"]:
@@ -30,6 +35,9 @@ def test_cli_train_val_predict(tiny_data, tmp_path):
     assert meta["model"] == "yolov6n" and meta["names"][:2] == ["circle", "rectangle"] and meta["imgsz"] == 96
     assert all(np.isfinite(v.numpy()).all() for v in state.values())
 
+
+def test_cli_val_and_predict(trained, tiny_data, tmp_path):
+    best = trained / "weights" / "best.safetensors"
     rc = main(["val", "--weights", str(best), "--data", str(tiny_data), "--save-json", "--workers", "0",
                "--project", str(tmp_path / "val")])
     assert rc == 0
@@ -41,11 +49,27 @@ def test_cli_train_val_predict(tiny_data, tmp_path):
 
     src = Path(tiny_data).parent / "images" / "val"
     rc = main(["predict", "--weights", str(best), "--source", str(src), "--conf", "0.01", "--save-txt",
-               "--project", str(tmp_path / "pred")])
+               "--backend", "torch", "--project", str(tmp_path / "pred")])
     assert rc == 0
     pdir = tmp_path / "pred" / "exp"
     assert len(list(pdir.glob("*.jpg"))) == 8
     assert len(list((pdir / "labels").glob("*.txt"))) == 8
+
+
+def test_onnx_export_val_predict_match_torch(trained, tiny_data, tmp_path):
+    best = trained / "weights" / "best.safetensors"
+    onnx = tmp_path / "m.onnx"
+    assert main(["export", "--weights", str(best), "--format", "onnx", "--dynamic", "--output", str(onnx)]) == 0
+    m_torch = Detector(str(best)).val(str(tiny_data), workers=0, verbose=False)
+    m_onnx = Detector(str(onnx)).val(str(tiny_data), workers=0, verbose=False)
+    assert abs(m_torch.map - m_onnx.map) <= 0.002 and abs(m_torch.map50 - m_onnx.map50) <= 0.002
+    src = str(Path(tiny_data).parent / "images" / "val")
+    a = Detector(str(best)).predict(src, conf=0.05)
+    b = Detector(str(best)).predict(src, conf=0.05, backend="onnxruntime")
+    for ra, rb in zip(a, b):
+        assert len(ra) == len(rb)
+        if len(ra):
+            assert np.abs(ra.boxes - rb.boxes).max() < 1e-2 and (ra.classes == rb.classes).all()
 
 
 def test_api_predict_glob_and_video(tiny_data, tmp_path):

@@ -49,3 +49,19 @@ def test_loss_scale_is_family_specific_but_finite(tiny_data):
         loss.backward()
         assert torch.isfinite(loss) and len(items) == len(loss_fn.names)
         assert all(p.grad is None or torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+def test_yolov4_bag_of_freebies_train_end_to_end(tiny_data, tmp_path):
+    """Every YOLOv4 switch on at once still trains, validates and saves a model that rebuilds."""
+    cfg = TrainConfig(model="yolov4-tiny", model_kw={"dropblock": 0.1, "sam": True}, data=str(tiny_data), epochs=2,
+                      imgsz=64, batch=4, nbs=8, workers=0, project=str(tmp_path), name="bof", plots=False,
+                      verbose=False, close_mosaic=1,
+                      hyp_override={"cutmix": 0.5, "multi_scale": True, "sat_eps": 0.02, "cmbn": True,
+                                    "label_smoothing": 0.1, "iou_loss": "diou", "mixup": 0.2})
+    best = Trainer(cfg).train()
+    d = Detector(str(best))
+    assert d.model.build_kwargs.get("sam") is True and d.model.build_kwargs.get("dropblock") == 0.1
+    m = d.val(str(tiny_data), imgsz=64, workers=0, verbose=False)
+    assert m.images == 8
+    res = d.predict(str(tiny_data.parent / "images" / "val"), imgsz=64, conf=0.0, nms="diou")
+    assert len(res) == 8

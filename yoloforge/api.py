@@ -17,6 +17,11 @@ from yoloforge.utils.logging import get_logger
 LOG = get_logger()
 
 
+def is_exported(src: str) -> bool:
+    p = Path(src)
+    return p.suffix.lower() in (".onnx", ".xml") or (p.is_dir() and (p / "model.xml").is_file())
+
+
 def default_device(device: str = "") -> str:
     if device:
         return f"cuda:{device}" if device.isdigit() else device
@@ -30,10 +35,17 @@ class Detector:
 
         self.device = default_device(device)
         self.meta: dict = {}
+        self.backend = None  # an exported model (ONNX / OpenVINO) run through yoloforge.export.runtime
         src = str(model)
-        if src.endswith(".safetensors") or Path(src).is_file():
+        if is_exported(src):
+            from yoloforge.export import load_backend
+
+            self.backend = load_backend(src)
+            self.model, self.meta, self.weights = None, dict(self.backend.meta), Path(src)
+        elif src.endswith(".safetensors") or Path(src).is_file():
             if not src.endswith(".safetensors"):
-                raise ValueError(f"{src}: yoloforge loads .safetensors weights written by yoloforge")
+                raise ValueError(f"{src}: yoloforge loads .safetensors weights written by yoloforge, "
+                                 f".onnx files and OpenVINO .xml models")
             self.model, self.meta = load_model(src)
             self.weights = Path(src)
         else:
@@ -43,11 +55,15 @@ class Detector:
 
     @property
     def names(self) -> list[str]:
-        return list(self.model.names)
+        return list(self.backend.names if self.backend is not None else self.model.names)
+
+    @property
+    def nc(self) -> int:
+        return len(self.names)
 
     @property
     def imgsz(self) -> int:
-        return int(self.meta.get("imgsz", 640))
+        return int(self.meta.get("imgsz") or 640)
 
     # ------------------------------------------------------------------ verbs
     def train(self, data: str, **cfg) -> Path:
@@ -55,6 +71,8 @@ class Detector:
         from yoloforge.config import TrainConfig
         from yoloforge.engine.trainer import Trainer
 
+        if self.backend is not None:
+            raise ValueError(f"{self.weights}: an exported model cannot be trained; train from .safetensors weights")
         resume_epochs = cfg.get("epochs") if cfg.get("resume") else None
         if self.weights is not None and "weights" not in cfg:
             cfg["weights"] = str(self.weights)
@@ -83,11 +101,16 @@ class Detector:
         source = getattr(cfg, split, None)
         if not source:
             raise ValueError(f"{data}: no {split!r} split")
-        if len(cfg.names) != self.model.nc:
-            raise ValueError(f"{data} has {len(cfg.names)} classes but the model predicts {self.model.nc}")
+        if len(cfg.names) != self.nc:
+            raise ValueError(f"{data} has {len(cfg.names)} classes but the model predicts {self.nc}")
+        if self.backend is not None and self.backend.nms_in_graph:
+            raise ValueError(f"{self.weights}: has NMS inside the graph (fixed thresholds), so mAP would be wrong; "
+                             f"validate a model exported without --nms")
+        if self.backend is not None and imgsz and imgsz != self.backend.imgsz:
+            raise ValueError(f"{self.weights}: exported for imgsz {self.backend.imgsz}, not {imgsz}")
         ds = DetectionDataset(source, cfg.names, imgsz=imgsz or self.imgsz, augment=False, verbose=verbose)
         loader = build_dataloader(ds, batch, workers, shuffle=False, seed=0)
-        model = self._deploy_model()
+        model = self.backend if self.backend is not None else self._deploy_model()
         m = evaluate(model, loader, cfg.names, conf=conf, iou=iou, device=self.device, save_dir=save_dir,
                      save_json=save_json, plots=plots, verbose=verbose)
         if verbose:
@@ -96,17 +119,57 @@ class Detector:
 
     def predict(self, source, stream: bool = False, imgsz: int | None = None, conf: float = 0.25,
                 iou: float = 0.45, max_det: int = 300, classes: list[int] | None = None, batch: int = 1,
-                nms: str = "iou"):
-        """Results for every image/frame of ``source``; a generator when ``stream`` (use it for videos)."""
-        return self.predictor(imgsz, conf, iou, max_det, classes, batch, nms)(source, stream=stream)
+                nms: str = "iou", backend: str = "torch"):
+        """Results for every image/frame of ``source``; a generator when ``stream`` (use it for videos).
 
-    def predictor(self, imgsz=None, conf=0.25, iou=0.45, max_det=300, classes=None, batch=1, nms="iou"):
+        ``backend``: ``"torch"`` (the fused model), ``"auto"`` (on a CPU the fastest runtime installed:
+        OpenVINO, else ONNX Runtime, else torch; exported once and cached beside the weights), or a runtime
+        name (``"onnxruntime"``, ``"openvino"``).
+        """
+        return self.predictor(imgsz, conf, iou, max_det, classes, batch, nms, backend)(source, stream=stream)
+
+    def predictor(self, imgsz=None, conf=0.25, iou=0.45, max_det=300, classes=None, batch=1, nms="iou",
+                  backend: str = "torch"):
         from yoloforge.engine.predictor import Predictor
 
-        return Predictor(self._deploy_model(), self.names, imgsz=imgsz or self.imgsz, conf=conf, iou=iou,
-                         max_det=max_det, classes=classes, batch=batch, device=self.device, nms_kind=nms)
+        model = self.runtime(backend, imgsz)
+        return Predictor(model, self.names, imgsz=imgsz or getattr(model, "imgsz", None) or self.imgsz, conf=conf,
+                         iou=iou, max_det=max_det, classes=classes, batch=batch, device=self.device, nms_kind=nms)
+
+    def runtime(self, backend: str = "torch", imgsz: int | None = None):
+        """The callable that runs the model: the fused torch module or an exported runtime."""
+        if self.backend is not None:
+            return self.backend
+        if backend == "torch" or (backend == "auto" and self.device != "cpu"):
+            return self._deploy_model()
+        if self.weights is None:
+            raise ValueError("runtime backends need saved weights: save() or train() first")
+        from yoloforge.export import best_cpu_backend
+
+        prefer = None if backend == "auto" else [backend]
+        rt, msg = best_cpu_backend(self.weights, imgsz=imgsz or self.imgsz, prefer=prefer)
+        LOG.info(msg)
+        return rt
+
+    def export(self, format: str = "onnx", path: str | Path | None = None, **kw) -> Path:
+        """Write the fused model as ``onnx`` / ``openvino`` (or a TensorRT ``engine`` on CUDA); returns the path."""
+        from yoloforge.export import export, export_engine
+
+        if self.model is None:
+            raise ValueError(f"{self.weights}: already exported; export from .safetensors weights")
+        base = self.weights.with_suffix("") if self.weights is not None else Path(self.model.name)
+        fmt = format.lower()
+        kw.setdefault("imgsz", self.imgsz)
+        kw.setdefault("names", self.names)
+        if fmt in ("engine", "tensorrt", "trt"):
+            onnx = export(self.model, "onnx", Path(f"{base}.onnx"), **kw)
+            return Path(export_engine(onnx, path or Path(f"{base}.engine"), half=kw.get("half", True)))
+        default = Path(f"{base}.onnx") if fmt == "onnx" else Path(f"{base}_openvino")
+        return Path(export(self.model, fmt, Path(path) if path else default, **kw))
 
     def info(self, imgsz: int = 640) -> dict:
+        if self.model is None:
+            raise ValueError(f"{self.weights}: info needs the torch model (.safetensors)")
         from yoloforge.utils.flops import model_info
 
         return model_info(self.model, imgsz)

@@ -1,4 +1,4 @@
-"""``yoloforge VERB [options]`` -- one verb per mode: train val predict info demo.
+"""``yoloforge VERB [options]`` -- one verb per mode: train val predict export info demo.
 
 Errors a user can fix (missing file, bad label, bad option) print one line and exit 2;
 they never end in a traceback from deep inside torch.
@@ -22,7 +22,7 @@ def _add_train(sub):
     p.add_argument("--model", default=defaults.model, help="registered model name (see `yoloforge info --list`)")
     p.add_argument("--epochs", type=int, default=None, help=f"epochs (default {defaults.epochs}; with --resume: extend to)")
     for f in dataclasses.fields(TrainConfig):
-        if f.name in ("data", "model", "epochs", "hyp_override"):
+        if f.name in ("data", "model", "epochs", "hyp_override", "model_kw"):
             continue
         flag = "--" + f.name.replace("_", "-")
         d = getattr(defaults, f.name)
@@ -32,13 +32,15 @@ def _add_train(sub):
             p.add_argument(flag, type=type(d), default=d)
     p.add_argument("--hyp-override", action="append", default=[], metavar="KEY=VALUE",
                    help="override one hyper-parameter, e.g. --hyp-override lr0=0.02 (repeatable)")
+    p.add_argument("--model-kw", action="append", default=[], metavar="KEY=VALUE",
+                   help="model build option, e.g. --model-kw dropblock=0.1 --model-kw sam=true (yolov4)")
 
 
-def _kv(items: list[str]) -> dict:
+def _kv(items: list[str], flag: str) -> dict:
     out = {}
     for it in items:
         if "=" not in it:
-            raise ValueError(f"--hyp-override expects KEY=VALUE, got {it!r}")
+            raise ValueError(f"{flag} expects KEY=VALUE, got {it!r}")
         k, v = it.split("=", 1)
         out[k.strip()] = parse_value(v)
     return out
@@ -48,7 +50,8 @@ def cmd_train(a) -> int:
     from yoloforge.engine.trainer import Trainer
 
     d = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(a, f.name)}
-    d["hyp_override"] = _kv(a.hyp_override)
+    d["hyp_override"] = _kv(a.hyp_override, "--hyp-override")
+    d["model_kw"] = _kv(a.model_kw, "--model-kw")
     d["epochs"] = a.epochs if a.epochs is not None else TrainConfig.epochs
     if not a.resume and not a.data:
         raise ValueError("train needs --data path/to/data.yaml (or --resume RUN_DIR)")
@@ -58,7 +61,7 @@ def cmd_train(a) -> int:
 
 
 def _add_common_infer(p):
-    p.add_argument("--weights", required=True, help="yoloforge .safetensors weights")
+    p.add_argument("--weights", required=True, help="yoloforge .safetensors weights, an exported .onnx or OpenVINO .xml")
     p.add_argument("--imgsz", type=int, default=None, help="input size (default: the training size)")
     p.add_argument("--device", default="", help="cpu, cuda, cuda:1, or a GPU index")
     p.add_argument("--conf", type=float, default=None, help="confidence threshold")
@@ -87,12 +90,26 @@ def cmd_predict(a) -> int:
     det = Detector(a.weights, device=a.device)
     classes = [int(c) for c in a.classes.split(",")] if a.classes else None
     pred = det.predictor(a.imgsz, 0.25 if a.conf is None else a.conf, 0.45 if a.iou is None else a.iou,
-                         a.max_det, classes, a.batch, a.nms)
+                         a.max_det, classes, a.batch, a.nms, backend=a.backend)
     save_dir = next_run_dir(a.project or "runs/predict", a.name, False)
     r = pred.predict_to_dir(a.source, save_dir, save_img=not a.no_save, save_txt=a.save_txt, save_json=a.save_json)
     s = r["speed_ms"]
     print(f"{r['images']} images, {r['detections']} detections; per image {s['pre']:.1f} ms pre, "
           f"{s['model']:.1f} ms model, {s['post']:.1f} ms post; results in {save_dir}")
+    return 0
+
+
+def cmd_export(a) -> int:
+    from yoloforge.api import Detector
+
+    det = Detector(a.weights, device="cpu")
+    kw = dict(dynamic=a.dynamic, half=a.half, nms=a.nms, opset=a.opset, simplify=not a.no_simplify)
+    if a.nms:
+        kw.update(conf=a.conf, iou=a.iou, max_det=a.max_det)
+    if a.imgsz:
+        kw["imgsz"] = a.imgsz
+    out = det.export(a.format, a.output, **kw)
+    print(f"exported {a.format}: {out}")
     return 0
 
 
@@ -159,12 +176,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-txt", action="store_true", help="also write YOLO txt labels")
     p.add_argument("--save-json", action="store_true", help="also write a COCO results json")
     p.add_argument("--no-save", action="store_true", help="do not write annotated images")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
+                   help="auto: on a CPU the fastest installed runtime (exported once, cached beside the weights)")
+
+    p = sub.add_parser("export", help="export the fused model to ONNX / OpenVINO / TensorRT")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--format", default="onnx", choices=["onnx", "openvino", "engine"])
+    p.add_argument("--imgsz", type=int, default=None, help="input size (default: the training size)")
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch axis")
+    p.add_argument("--half", action="store_true", help="fp16 weights")
+    p.add_argument("--nms", action="store_true", help="NonMaxSuppression inside the graph (final boxes out)")
+    p.add_argument("--conf", type=float, default=0.25, help="with --nms: confidence threshold baked in")
+    p.add_argument("--iou", type=float, default=0.45, help="with --nms: IoU threshold baked in")
+    p.add_argument("--max-det", type=int, default=300)
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--no-simplify", action="store_true")
+    p.add_argument("--output", default=None, help="output path (default: beside the weights)")
 
     p = sub.add_parser("info", help="params and GFLOPs (train-time and deployed)")
     p.add_argument("--model", default="")
     p.add_argument("--imgsz", type=int, default=640)
     p.add_argument("--nc", type=int, default=80)
     p.add_argument("--list", action="store_true", help="list registered models")
+
+    from yoloforge import scaling
+
+    scaling.add_parser(sub)
 
     p = sub.add_parser("demo", help="train yolov6n on generated shapes, validate, predict")
     p.add_argument("--project", default="runs/demo")
@@ -179,7 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-VERBS = {"train": cmd_train, "val": cmd_val, "predict": cmd_predict, "info": cmd_info, "demo": cmd_demo}
+def _scale(a) -> int:
+    from yoloforge import scaling
+
+    return scaling.run(a)
+
+
+VERBS = {"train": cmd_train, "val": cmd_val, "predict": cmd_predict, "export": cmd_export, "info": cmd_info,
+         "demo": cmd_demo, "scale": _scale}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return VERBS[a.verb](a)
-    except (FileNotFoundError, ValueError, CheckpointError, TrainingError, OSError) as e:
+    except (FileNotFoundError, ValueError, CheckpointError, TrainingError, OSError, RuntimeError) as e:
         if os.environ.get("YOLOFORGE_DEBUG"):
             raise
         print(f"yoloforge {a.verb}: error: {e}", file=sys.stderr)

@@ -40,6 +40,10 @@ _COMMON = dict(
     fliplr=0.5,
     mosaic=1.0,
     mixup=0.0,
+    cutmix=0.0,  # CutMix probability (YOLOv4 BoF)
+    multi_scale=False,  # random input size per batch, 0.5x..1.5x (YOLOv4 BoF)
+    sat_eps=0.0,  # self-adversarial training step size (0 = off; YOLOv4 BoF)
+    cmbn=False,  # cross mini-batch normalization over the accumulation window (YOLOv4)
 )
 
 HYP_PRESETS: dict[str, dict[str, Any]] = {
@@ -132,7 +136,7 @@ def _check_hyp(hyp: dict) -> None:
         v = hyp.get(key)
         if not isinstance(v, (int, float)) or v < 0:
             raise ValueError(f"hyp {key} must be a non-negative number, got {v!r}")
-    for key in ("mosaic", "mixup", "fliplr", "flipud"):
+    for key in ("mosaic", "mixup", "cutmix", "fliplr", "flipud"):
         v = hyp.get(key)
         if not isinstance(v, (int, float)) or not 0 <= v <= 1:
             raise ValueError(f"hyp {key} is a probability in [0, 1], got {v!r}")
@@ -143,6 +147,7 @@ class TrainConfig:
     """Everything ``yoloforge train`` accepts. Field names are the CLI flags (``--close-mosaic``)."""
 
     model: str = "yolov6n"
+    model_kw: dict = field(default_factory=dict)  # extra build options, e.g. {"dropblock": 0.1, "sam": True}
     data: str = ""
     epochs: int = 100
     imgsz: int = 640

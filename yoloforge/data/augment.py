@@ -15,7 +15,7 @@ import numpy as np
 PAD = 114
 
 DEFAULT_HYP = dict(hsv_h=0.015, hsv_s=0.7, hsv_v=0.4, degrees=0.0, translate=0.1, scale=0.5, shear=0.0,
-                   perspective=0.0, flipud=0.0, fliplr=0.5, mosaic=1.0, mixup=0.0)
+                   perspective=0.0, flipud=0.0, fliplr=0.5, mosaic=1.0, mixup=0.0, cutmix=0.0)
 
 
 def _rng(rng):
@@ -155,6 +155,53 @@ def mixup(img1, labels1, img2, labels2, rng=None, beta=32.0):
     return img, np.concatenate([np.reshape(labels1, (-1, 5)), np.reshape(labels2, (-1, 5))], 0).astype(np.float32)
 
 
+def cutmix(img1, labels1, img2, labels2, rng=None, area=(0.1, 0.5), min_visible=0.4, min_size=2.0):
+    """CutMix for detection: paste a random rectangle of ``img2`` into ``img1`` at the same place.
+
+    Yun et al., "CutMix: Regularization Strategy to Train Strong Classifiers with Localizable
+    Features", ICCV 2019. The rectangle has the image's aspect ratio and a fraction of its area
+    drawn uniformly from ``area`` (CutMix: ``1 - lambda``), and lies wholly inside the image. Labels:
+
+    * ``img1``'s boxes keep their visible part: a box the rectangle cuts along a whole side shrinks
+      to what is left, one with a hole or a covered corner keeps its extent; boxes with less than
+      ``min_visible`` of their area left (or thinner than ``min_size`` px) are dropped;
+    * ``img2``'s boxes are cut to the rectangle and kept if ``min_visible`` of their area is inside.
+
+    Darknet refuses ``cutmix=1`` for detectors (YOLOv4 lists CutMix among the backbone/classifier
+    freebies); this box rule is yoloforge's. Images must have the same shape. Returns ``(img, labels)``.
+    """
+    if img1.shape != img2.shape:
+        raise ValueError(f"cutmix needs images of one shape, got {img1.shape} and {img2.shape}")
+    rng = _rng(rng)
+    h, w = img1.shape[:2]
+    f = rng.uniform(*area)
+    rw, rh = min(w, max(1, int(round(w * math.sqrt(f))))), min(h, max(1, int(round(h * math.sqrt(f)))))
+    rx1, ry1 = int(rng.integers(0, w - rw + 1)), int(rng.integers(0, h - rh + 1))
+    rx2, ry2 = rx1 + rw, ry1 + rh
+    img = img1.copy()
+    img[ry1:ry2, rx1:rx2] = img2[ry1:ry2, rx1:rx2]
+
+    a = np.array(labels1, np.float32).reshape(-1, 5).copy()
+    x1, y1, x2, y2 = a[:, 1], a[:, 2], a[:, 3], a[:, 4]
+    area1 = (x2 - x1) * (y2 - y1)
+    inter = (np.minimum(x2, rx2) - np.maximum(x1, rx1)).clip(0) * (np.minimum(y2, ry2) - np.maximum(y1, ry1)).clip(0)
+    full_y, full_x = (ry1 <= y1) & (ry2 >= y2), (rx1 <= x1) & (rx2 >= x2)  # the rectangle spans the box
+    nx1 = np.where(full_y & (rx1 <= x1) & (rx2 > x1), np.maximum(x1, rx2), x1)
+    nx2 = np.where(full_y & (rx2 >= x2) & (rx1 < x2), np.minimum(x2, rx1), x2)
+    ny1 = np.where(full_x & (ry1 <= y1) & (ry2 > y1), np.maximum(y1, ry2), y1)
+    ny2 = np.where(full_x & (ry2 >= y2) & (ry1 < y2), np.minimum(y2, ry1), y2)
+    keep = ((area1 - inter) >= min_visible * area1) & (nx2 - nx1 > min_size) & (ny2 - ny1 > min_size)
+    a = np.stack([a[:, 0], nx1, ny1, nx2, ny2], 1)[keep]
+
+    b = np.array(labels2, np.float32).reshape(-1, 5).copy()
+    area2 = (b[:, 3] - b[:, 1]) * (b[:, 4] - b[:, 2])
+    b[:, [1, 3]] = b[:, [1, 3]].clip(rx1, rx2)
+    b[:, [2, 4]] = b[:, [2, 4]].clip(ry1, ry2)
+    bw, bh = b[:, 3] - b[:, 1], b[:, 4] - b[:, 2]
+    b = b[(bw * bh >= min_visible * area2) & (bw > min_size) & (bh > min_size)]
+    return img, np.concatenate([a, b], 0).astype(np.float32)
+
+
 def augment_hsv(img, hgain=0.5, sgain=0.5, vgain=0.5, rng=None):
     """Random hue/saturation/value gains (lookup tables, OpenCV 0..179 hue); returns a new image."""
     if not (hgain or sgain or vgain):
@@ -197,8 +244,10 @@ class Augmenter:
     """The training pipeline's steps, configured from a hyp dict (missing keys take :data:`DEFAULT_HYP`).
 
     ``mosaic(load_fn, indices, rng)`` and ``single(img, labels, rng)`` build the geometric sample;
-    ``mixup(a, b, rng)`` blends two samples when ``hyp['mixup']`` fires; ``photometric(img, labels, rng)``
-    applies HSV and the flips. The dataset chains them; each is usable alone.
+    ``mixup(a, b, rng)`` blends two samples when ``hyp['mixup']`` fires; ``cutmix(a, b, rng)`` pastes a
+    rectangle of a second sample when ``hyp['cutmix']`` fires (default 0: off, no random draw);
+    ``photometric(img, labels, rng)`` applies HSV and the flips. The dataset chains them; each is
+    usable alone.
     """
 
     def __init__(self, hyp: dict | None = None, imgsz: int = 640):
@@ -222,6 +271,9 @@ class Augmenter:
     def mixup(self, a, b, rng):
         return mixup(a[0], a[1], b[0], b[1], rng=rng)
 
+    def cutmix(self, a, b, rng):
+        return cutmix(a[0], a[1], b[0], b[1], rng=rng)
+
     def photometric(self, img, labels, rng):
         h = self.hyp
         img = augment_hsv(img, h["hsv_h"], h["hsv_s"], h["hsv_v"], rng=rng)
@@ -231,8 +283,9 @@ class Augmenter:
             img, labels = fliplr(img, labels)
         return img, labels
 
-    def __call__(self, load_fn, index, n_images, rng, mosaic=True, mixup=True):
-        """Full training sample for ``index``; ``load_fn(i)`` -> resized image + pixel labels."""
+    def __call__(self, load_fn, index, n_images, rng, mosaic=True, mixup=True, cutmix=True):
+        """Full training sample for ``index``; ``load_fn(i)`` -> resized image + pixel labels.
+        ``mosaic`` / ``mixup`` / ``cutmix`` False switch a step off whatever ``hyp`` says."""
         h = self.hyp
 
         def geometric(i):
@@ -243,5 +296,7 @@ class Augmenter:
         img, labels = geometric(index)
         if mixup and h["mixup"] > 0 and rng.random() < h["mixup"]:
             img, labels = self.mixup((img, labels), geometric(int(rng.integers(0, n_images))), rng)
+        if cutmix and h["cutmix"] > 0 and rng.random() < h["cutmix"]:
+            img, labels = self.cutmix((img, labels), geometric(int(rng.integers(0, n_images))), rng)
         img, labels = self.photometric(img, labels, rng)
         return img, clip_and_filter(labels, img.shape[:2])

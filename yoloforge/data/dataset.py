@@ -68,7 +68,7 @@ class DetectionDataset(Dataset):
         self.hyp = {**DEFAULT_HYP, **(hyp or {})}
         self.aug = Augmenter(self.hyp, self.imgsz) if self.augment else None
         self.mosaic = self.augment and self.hyp["mosaic"] > 0
-        self.mixup_enabled = self.augment and self.hyp["mixup"] > 0
+        self.mixup_enabled = self.augment and (self.hyp["mixup"] > 0 or self.hyp.get("cutmix", 0) > 0)
         self.epoch = 0
         self._ram = None
         if cache == "ram":
@@ -139,7 +139,7 @@ class DetectionDataset(Dataset):
         h0, w0 = (int(v) for v in self.shapes[i])
         if self.augment:
             rng = np.random.default_rng([self.seed & 0xFFFFFFFF, epoch, i])
-            img, labels = self.aug(self._load_pair, i, len(self), rng, mosaic=mosaic, mixup=mix)
+            img, labels = self.aug(self._load_pair, i, len(self), rng, mosaic=mosaic, mixup=mix, cutmix=mix)
             r = self.imgsz / max(h0, w0)
             ratio_pad = ((r, r), (0.0, 0.0))  # nominal: augmented samples have no exact inverse
         else:

@@ -138,6 +138,13 @@ class Trainer:
                                                seed=cfg.seed)
 
         self.accumulate = max(round(cfg.nbs / cfg.batch), 1)
+        if self.hyp.get("cmbn"):
+            from yoloforge.models.bof import convert_cmbn
+
+            if self.world > 1 and cfg.sync_bn:
+                LOG.warning("hyp cmbn ignored with --sync-bn (SyncBatchNorm replaces CmBN layers)")
+            else:
+                convert_cmbn(self.model, self.accumulate)
         weight_decay = self.hyp["weight_decay"] * cfg.batch * self.accumulate / cfg.nbs
         self.optimizer = build_optimizer(self.model, self.hyp, weight_decay)
         self.lf = lr_lambda(self.hyp, cfg.epochs)
@@ -170,7 +177,7 @@ class Trainer:
                                        if k in own and own[k].shape == v.shape}, strict=False)
                 model = fresh
         else:
-            model = build_model(cfg.model, nc=nc)
+            model = build_model(cfg.model, nc=nc, **cfg.model_kw)
         if getattr(model, "fused", False):
             raise TrainingError(f"model {model.name} is fused (deploy form) and cannot be trained; start from unfused weights")
         model.names = self.names
@@ -286,6 +293,8 @@ class Trainer:
             apply_schedule(self.optimizer, self.hyp, self.lf, epoch, it, n_warmup)
             imgs = imgs.to(self.device, non_blocking=True).float().div_(255)
             targets = targets.to(self.device)
+            if self.hyp.get("multi_scale") or self.hyp.get("sat_eps", 0) > 0:
+                imgs, targets = self._bag_of_freebies(imgs, targets, epoch, i)
             with torch.autocast(self.device.type, enabled=self.use_amp):
                 outputs = self.model(imgs)
                 loss, items = self.loss_fn(outputs, targets, epoch)
@@ -310,7 +319,24 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.model)
+        if self.hyp.get("cmbn"):
+            from yoloforge.models.bof import reset_cmbn
+
+            reset_cmbn(self.model)
         self._snapshot_step_buffers()
+
+    def _bag_of_freebies(self, imgs, targets, epoch: int, i: int):
+        """YOLOv4 per-batch freebies: random input size, then self-adversarial training (SAT)."""
+        from yoloforge.engine.bof import multiscale_resize, sat_eps, sat_perturb
+
+        rng = np.random.default_rng([self.cfg.seed, epoch, i])  # depends on nothing else: resume/DDP-safe
+        if self.hyp.get("multi_scale"):
+            imgs, targets = multiscale_resize(imgs, targets, self.cfg.imgsz, int(unwrap(self.model).stride.max()), rng)
+        eps = sat_eps(self.hyp.get("sat_eps", 0.0), epoch, self.cfg.epochs, self.hyp["warmup_epochs"])
+        if eps > 0 and rng.random() < 0.5:
+            with torch.autocast(self.device.type, enabled=self.use_amp):
+                imgs = sat_perturb(unwrap(self.model), self.loss_fn, imgs, targets, epoch, eps)
+        return imgs, targets
 
     def _snapshot_step_buffers(self) -> None:
         """Keep the BN statistics of the last optimizer step: forwards after it (of batches that will be

@@ -18,6 +18,14 @@ arXiv:2004.10934. The networks read top-down like the paper (Sec. 4):
 * **YOLOv4-tiny** (Sec. 4.2): CSPOSANet with partial-in-computational-block
   (:class:`~.yolov4_blocks.TinyCSPBlock`), leaky ReLU 0.1, a YOLOv3-tiny FPN with two outputs
   (strides 16 and 32) and the darknet decode with ``scale_x_y = 1.05``.
+* **optional BoF/BoS switches** (YOLOv4 Sec. 3.4, :mod:`~.bof`): ``dropblock=p`` puts a
+  :class:`~.bof.DropBlock2d` (7x7) after every CSP block of the CSP-PAN (SPPCSP, top-down and
+  bottom-up ``BottleneckCSP2``; the tiny model: after each neck output). No official darknet or
+  ScaledYOLOv4 detector cfg uses DropBlock, so this placement is yoloforge's. ``sam=True`` puts a
+  point-wise :class:`~.bof.SpatialAttention` on every level in front of the head (darknet
+  ``cfg/yolov4-sam-mish-csp-reorg-bfm.cfg`` applies it to the last CSP concat of each level, one
+  transition + 3x3 conv earlier). Both are recorded in ``build_kwargs``; ``fuse()`` removes the
+  DropBlocks and folds SAM's BN.
 
 Layouts, widths, depths and anchors: WongKinYiu/ScaledYOLOv4 branch ``yolov4-large``
 ``models/yolov4-{csp,p5,p6,p7}.yaml`` and branch ``yolov4-tiny`` ``cfg/yolov4-tiny.cfg`` (identical
@@ -34,6 +42,7 @@ from torch import nn
 
 from .anchor_head import AnchorHead
 from .base import DetectionModel
+from .bof import DropBlock2d, SpatialAttention, strip_dropblock
 from .common import ConvBNAct
 from .registry import register
 from .yolov4_blocks import BottleneckCSP, BottleneckCSP2, DarknetBottleneck, SPPCSP, TinyCSPBlock
@@ -114,9 +123,10 @@ class CSPPAN(nn.Module):
     """CSP-PAN with SPPCSP on the top level. ``in_channels``: backbone maps P3 .. Ptop.
     Returns per level the 3x3 output conv maps (twice the neck width) for the head."""
 
-    def __init__(self, in_channels, n: int, width: float = 1.0, act="mish"):
+    def __init__(self, in_channels, n: int, width: float = 1.0, act="mish", dropblock: float = 0.0):
         super().__init__()
         nl = len(in_channels)
+        self.drop = DropBlock2d(dropblock) if dropblock > 0 else nn.Identity()  # after each CSP block
         w = [scale_width(c, width) for c in NECK_CHANNELS[:nl]]
         self.spp = SPPCSP(in_channels[-1], w[-1], act=act)
         # top-down: for level i (from nl-2 down to 0) reduce the level above to w[i], lateral to w[i]
@@ -133,13 +143,13 @@ class CSPPAN(nn.Module):
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         nl = len(feats)
         td = [None] * nl
-        td[-1] = self.spp(feats[-1])
+        td[-1] = self.drop(self.spp(feats[-1]))
         for i in range(nl - 2, -1, -1):  # top-down (route order of the yaml: lateral, upsampled)
             up = self.up(self.reduce[i](td[i + 1]))
-            td[i] = self.td[i](torch.cat((self.lateral[i](feats[i]), up), 1))
+            td[i] = self.drop(self.td[i](torch.cat((self.lateral[i](feats[i]), up), 1)))
         pan = [td[0]]
         for i in range(1, nl):  # bottom-up
-            pan.append(self.bu[i - 1](torch.cat((self.down[i - 1](pan[-1]), td[i]), 1)))
+            pan.append(self.drop(self.bu[i - 1](torch.cat((self.down[i - 1](pan[-1]), td[i]), 1))))
         return [conv(p) for conv, p in zip(self.out, pan)]
 
 
@@ -192,13 +202,15 @@ class YOLOv4(DetectionModel):
     ``default_imgsz`` is the official training/test size; ``anchors`` may override the official
     anchors (per level, pixels, e.g. after an autoanchor run); ``width_scale`` multiplies the
     variant's channel multiple (compound scaling of the width, Sec. 3; 1.0 = the official model).
+    ``dropblock`` (drop probability, 0 = off) and ``sam`` switch on the YOLOv4 DropBlock and SAM
+    (see the module docstring); the defaults build the official model.
     """
 
     family = "yolov4"
     default_hyp = "yolov4"
 
     def __init__(self, variant: str = "csp", nc: int = 80, name: str | None = None, anchors=None,
-                 width_scale: float = 1.0):
+                 width_scale: float = 1.0, dropblock: float = 0.0, sam: bool = False):
         if variant != "tiny" and variant not in VARIANTS:
             raise ValueError(f"unknown YOLOv4 variant {variant!r}; known: {', '.join([*VARIANTS, 'tiny'])}")
         if variant == "tiny" and width_scale != 1.0:
@@ -206,6 +218,12 @@ class YOLOv4(DetectionModel):
         kw = {} if anchors is None else dict(anchors=[list(map(float, a)) for a in anchors])
         if width_scale != 1.0:
             kw["width_scale"] = float(width_scale)
+        if not 0.0 <= dropblock < 1.0:
+            raise ValueError(f"dropblock is a drop probability in [0, 1), got {dropblock}")
+        if dropblock > 0:
+            kw["dropblock"] = float(dropblock)
+        if sam:
+            kw["sam"] = True
         if variant == "tiny":
             strides, default_anchors, imgsz = (16, 32), ANCHORS_TINY, 416
         else:
@@ -219,12 +237,15 @@ class YOLOv4(DetectionModel):
         self.variant, self.default_imgsz, self._max_stride = variant, imgsz, max(strides)
         if variant == "tiny":
             self.backbone, self.neck = TinyBackbone(), TinyNeck()
+            self.drop = DropBlock2d(dropblock) if dropblock > 0 else nn.Identity()  # after each neck output
             decode, scale_xy = "darknet", 1.05
         else:
             width = spec.width * width_scale
             self.backbone = CSPDarknet(spec.repeats, spec.plain_first, width)
-            self.neck = CSPPAN(self.backbone.out_channels, spec.neck_n, width)
+            self.neck = CSPPAN(self.backbone.out_channels, spec.neck_n, width, dropblock=dropblock)
+            self.drop = nn.Identity()  # the CSP-PAN holds the DropBlock
             decode, scale_xy = "scaled", 1.0
+        self.sam = nn.ModuleList(SpatialAttention(c) for c in self.neck.out_channels) if sam else None
         self.head = AnchorHead(self.nc, [list(a) for a in anchors], self.neck.out_channels, strides,
                                decode=decode, scale_xy=scale_xy)
 
@@ -235,10 +256,18 @@ class YOLOv4(DetectionModel):
         s = self._max_stride
         if x.shape[-1] % s or x.shape[-2] % s:
             raise ValueError(f"{self.name}: input size must be divisible by {s}, got {tuple(x.shape[-2:])}")
-        raw = self.head.raw(self.neck(self.backbone(x)))
+        feats = [self.drop(f) for f in self.neck(self.backbone(x))]
+        if self.sam is not None:
+            feats = [m(f) for m, f in zip(self.sam, feats)]
+        raw = self.head.raw(feats)
         if self.training:
             return dict(main=raw, aux=None)
         return self.head.decode(raw)
+
+    def fuse(self) -> "YOLOv4":
+        """Deploy form: DropBlocks removed, then the BN folding of :meth:`DetectionModel.fuse`."""
+        strip_dropblock(self)
+        return super().fuse()
 
     def build_loss(self, hyp: dict | None = None):
         from yoloforge.losses.yolov4_loss import YOLOv4Loss
