@@ -6,7 +6,7 @@ from yoloforge.utils import nms as N
 from yoloforge.utils.nms import (batched_nms, greedy_nms_torch, nms, non_max_suppression, pairwise_diou,
                                  pairwise_iou)
 
-BACKENDS = ["torch", "cv2"] + (["torchvision"] if N.HAS_TORCHVISION else [])
+BACKENDS = ["greedy", "torch", "cv2"] + (["torchvision"] if N.HAS_TORCHVISION else [])
 
 
 def reference_greedy(boxes, scores, thr, kind="iou"):
@@ -172,3 +172,13 @@ def test_diou_nms_through_api_and_benchmark():
     assert len(d_diou) >= len(d_iou)
     res = N.benchmark(200, repeats=1)
     assert res["torch"] > 0 and res["cv2"] > 0
+
+
+def test_greedy_max_keep_equals_prefix_of_full_pass():
+    for seed in range(6):
+        boxes, scores, _ = random_boxes(300 + seed)
+        full = reference_greedy(boxes, scores, 0.5)
+        for k in (1, 5, 20):
+            assert nms(boxes, scores, 0.5, backend="greedy", max_keep=k).tolist() == full[:k]
+        for kind in ("iou", "diou"):
+            assert nms(boxes, scores, 0.5, kind=kind, backend="greedy").tolist() == reference_greedy(boxes, scores, 0.5, kind)
