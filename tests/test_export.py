@@ -17,6 +17,7 @@ ort = pytest.importorskip("onnxruntime")
 from yoloforge.export.onnx import deploy_copy, export_onnx, read_onnx_meta  # noqa: E402
 from yoloforge.export.runtime import CheckpointError, OrtBackend, load_backend  # noqa: E402
 from yoloforge.utils.nms import non_max_suppression  # noqa: E402
+from helpers import randomize_bn
 
 HAS_OV = importlib.util.find_spec("openvino") is not None
 IMGSZ = 128
@@ -44,13 +45,7 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random BN statistics (so fusing is exercised) and, for YOLOv6, non-zero predictors with positive
     box distances (so boxes and scores vary from cell to cell)."""
     g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+    randomize_bn(model, g)
     head = getattr(model, "head", None)
     if head is not None and hasattr(head, "cls_preds"):
         for conv in head.cls_preds:

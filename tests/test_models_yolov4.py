@@ -14,6 +14,7 @@ from yoloforge.models.yolov4 import ANCHORS_TINY, YOLOv4
 from yoloforge.models.yolov4_blocks import (BottleneckCSP, BottleneckCSP2, ChannelAffine, SPPCSP,
                                             TinyCSPBlock)
 from yoloforge.utils.flops import count_gflops, count_params
+from helpers import randomize_bn
 
 # /work/shared/FACTS.md "Verified counts of the official models" (fused, nc 80).
 OFFICIAL = {
@@ -31,13 +32,7 @@ BIG = ("yolov4-p6", "yolov4-p7")
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random BN statistics and affine so that folding is really exercised."""
     g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+    randomize_bn(model, g)
     return model
 
 

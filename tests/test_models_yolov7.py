@@ -18,6 +18,7 @@ from yoloforge.models.yolov7 import YOLOv7
 from yoloforge.models.yolov7_blocks import ELAN, SPPCSPC, DownC, MPDown, RepConvN
 from yoloforge.models import yolov7_specs as S
 from yoloforge.utils.flops import count_gflops, count_params
+from helpers import randomize_bn
 
 # /work/shared/FACTS.md "Verified counts of the official models" (cfg/deploy, fused, nc 80).
 OFFICIAL = {
@@ -67,14 +68,9 @@ def mparams(model) -> float:
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random BN statistics/affine and clearly non-trivial implicit vectors, so folding is exercised."""
     g = torch.Generator().manual_seed(seed)
+    randomize_bn(model, g)
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-        elif isinstance(m, ImplicitA):
+        if isinstance(m, ImplicitA):
             m.implicit.copy_(torch.randn(m.implicit.shape, generator=g) * 0.2)
         elif isinstance(m, ImplicitM):
             m.implicit.copy_(1 + torch.randn(m.implicit.shape, generator=g) * 0.2)

@@ -29,7 +29,11 @@ def default_device(device: str = "") -> str:
 
 
 class Detector:
-    def __init__(self, model: str | Path = "yolov6n", nc: int = 80, names: list[str] | None = None, device: str = ""):
+    def __init__(self, model: str | Path = "yolov6n", nc: int = 80, names: list[str] | None = None, device: str = "",
+                 cfg: str | Path | None = None):
+        """``model``: a registered name (untrained), yoloforge ``.safetensors`` weights, an exported ``.onnx`` /
+        OpenVINO ``.xml``, or an official checkpoint (yolov7 / YOLOv6 / ScaledYOLOv4 ``.pt``, darknet
+        ``.weights`` with its ``cfg``), converted safely on the fly."""
         from yoloforge.models.registry import build_model
         from yoloforge.utils.checkpoint import load_model
 
@@ -42,12 +46,12 @@ class Detector:
 
             self.backend = load_backend(src)
             self.model, self.meta, self.weights = None, dict(self.backend.meta), Path(src)
-        elif src.endswith(".safetensors") or Path(src).is_file():
-            if not src.endswith(".safetensors"):
-                raise ValueError(f"{src}: yoloforge loads .safetensors weights written by yoloforge, "
-                                 f".onnx files and OpenVINO .xml models")
+        elif src.endswith(".safetensors"):
             self.model, self.meta = load_model(src)
             self.weights = Path(src)
+        elif Path(src).is_file():
+            self.model, self.meta = load_model(src, cfg=cfg)
+            self.weights = None  # not a yoloforge file: runtimes export from the model itself
         else:
             self.model = build_model(src, nc=len(names) if names else nc)
             self.model.names = list(names) if names else [str(i) for i in range(self.model.nc)]
@@ -140,7 +144,7 @@ class Detector:
         """The callable that runs the model: the fused torch module or an exported runtime."""
         if self.backend is not None:
             return self.backend
-        if backend == "torch" or (backend == "auto" and self.device != "cpu"):
+        if backend == "torch" or (backend == "auto" and (self.device != "cpu" or self.weights is None)):
             return self._deploy_model()
         if self.weights is None:
             raise ValueError("runtime backends need saved weights: save() or train() first")

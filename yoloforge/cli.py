@@ -61,7 +61,9 @@ def cmd_train(a) -> int:
 
 
 def _add_common_infer(p):
-    p.add_argument("--weights", required=True, help="yoloforge .safetensors weights, an exported .onnx or OpenVINO .xml")
+    p.add_argument("--weights", required=True,
+                   help="yoloforge .safetensors, an exported .onnx / OpenVINO .xml, or an official .pt / darknet .weights")
+    p.add_argument("--cfg", default=None, help="darknet .cfg of a .weights file")
     p.add_argument("--imgsz", type=int, default=None, help="input size (default: the training size)")
     p.add_argument("--device", default="", help="cpu, cuda, cuda:1, or a GPU index")
     p.add_argument("--conf", type=float, default=None, help="confidence threshold")
@@ -74,7 +76,7 @@ def cmd_val(a) -> int:
     from yoloforge.api import Detector
     from yoloforge.engine.trainer import next_run_dir
 
-    det = Detector(a.weights, device=a.device)
+    det = Detector(a.weights, device=a.device, cfg=a.cfg)
     save_dir = next_run_dir(a.project or "runs/val", a.name, False)
     m = det.val(a.data, split=a.split, imgsz=a.imgsz, batch=a.batch, conf=0.001 if a.conf is None else a.conf,
                 iou=0.65 if a.iou is None else a.iou, workers=a.workers, save_json=a.save_json,
@@ -87,7 +89,7 @@ def cmd_predict(a) -> int:
     from yoloforge.api import Detector
     from yoloforge.engine.trainer import next_run_dir
 
-    det = Detector(a.weights, device=a.device)
+    det = Detector(a.weights, device=a.device, cfg=a.cfg)
     classes = [int(c) for c in a.classes.split(",")] if a.classes else None
     pred = det.predictor(a.imgsz, 0.25 if a.conf is None else a.conf, 0.45 if a.iou is None else a.iou,
                          a.max_det, classes, a.batch, a.nms, backend=a.backend)
@@ -200,8 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list registered models")
 
     from yoloforge import scaling
+    from yoloforge.convert import add_parser as add_convert
 
     scaling.add_parser(sub)
+    add_convert(sub)
 
     p = sub.add_parser("demo", help="train yolov6n on generated shapes, validate, predict")
     p.add_argument("--project", default="runs/demo")
@@ -222,8 +226,14 @@ def _scale(a) -> int:
     return scaling.run(a)
 
 
+def _convert(a) -> int:
+    from yoloforge.convert import run
+
+    return run(a)
+
+
 VERBS = {"train": cmd_train, "val": cmd_val, "predict": cmd_predict, "export": cmd_export, "info": cmd_info,
-         "demo": cmd_demo, "scale": _scale}
+         "demo": cmd_demo, "scale": _scale, "convert": _convert}
 
 
 def main(argv: list[str] | None = None) -> int:

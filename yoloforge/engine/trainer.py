@@ -165,12 +165,11 @@ class Trainer:
         from yoloforge.models.registry import build_model
 
         cfg, nc = self.cfg, len(self.names)
-        if self.given_model is not None:
-            model = self.given_model
-        elif cfg.weights:
-            model, meta = ckpt.load_model(cfg.weights)
+        if self.given_model is not None or cfg.weights:
+            model = self.given_model if self.given_model is not None else ckpt.load_model(cfg.weights)[0]
             if model.nc != nc:
-                LOG.info(f"{cfg.weights}: trained for {model.nc} classes, data has {nc}: re-initializing the class outputs")
+                LOG.info(f"{cfg.weights or model.name}: trained for {model.nc} classes, data has {nc}: "
+                         f"re-initializing the class outputs only")
                 fresh = build_model(model.name, **dict(model.build_kwargs, nc=nc))
                 own = fresh.state_dict()
                 fresh.load_state_dict({k: v for k, v in model.state_dict().items()

@@ -77,10 +77,22 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     return state, json.loads(raw)
 
 
-def load_model(path: str | Path):
-    """Rebuild the model named in the file's metadata and load its weights."""
+def load_model(path: str | Path, cfg: str | Path | None = None):
+    """Rebuild the model named in the file's metadata and load its weights.
+
+    Official checkpoints (yolov7 / YOLOv6 / ScaledYOLOv4 ``.pt``, darknet ``.weights`` with ``cfg``) are
+    converted on the fly by the safe converter, with a one-line notice.
+    """
     from yoloforge.models.registry import build_model
 
+    if Path(path).suffix.lower() != ".safetensors":
+        from yoloforge.convert import load_official
+        from yoloforge.utils.logging import get_logger
+
+        model, meta = load_official(path, cfg=cfg)
+        get_logger().info(f"{path}: official {meta.get('source', {}).get('family', '')} checkpoint converted on the "
+                          f"fly to {meta['model']} ({meta['nc']} classes); `yoloforge convert` saves it once")
+        return model, meta
     state, meta = read_weights(path)
     model = build_model(meta["model"], **meta.get("build_kwargs", {}))
     missing, unexpected = model.load_state_dict(state, strict=False)
