@@ -210,7 +210,8 @@ def test_scan_report_cache_and_invalidation(tmp_path, monkeypatch, capsys):
     np.testing.assert_allclose(r3.labels[2], [[1, 25, 12.5, 75, 37.5]])
 
 
-def test_scan_cache_beside_labels_default(tmp_path):
+def test_scan_cache_beside_labels_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("YOLOFORGE_CACHE_DIR", raising=False)
     img = write_img(tmp_path / "images/train/a")
     write_label(img, "0 0.5 0.5 0.2 0.2\n")
     F.scan_dataset(tmp_path / "images/train", 1, verbose=False)
