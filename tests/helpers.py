@@ -14,3 +14,21 @@ def randomize_bn(model: nn.Module, g: torch.Generator) -> nn.Module:
             m.weight.copy_(torch.rand(n, generator=g) + 0.5)
             m.bias.copy_(torch.randn(n, generator=g) * 0.1)
     return model
+
+
+def spawn_isolated(module: str, fn: str, args: tuple, nprocs: int = 2, timeout: int = 600) -> None:
+    """``torch.multiprocessing.spawn(module.fn, args, nprocs)`` from a fresh interpreter.
+
+    The pytest process has loaded OpenVINO / ONNX Runtime and forked data-loader workers by then;
+    spawning DDP ranks from it crashed it once in a while (a segfault in a background thread), so
+    every multi-process test starts its ranks from a clean process instead.
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"import torch.multiprocessing as mp; from {module} import {fn}; "
+            f"mp.spawn({fn}, args={args!r}, nprocs={nprocs}, join=True)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]

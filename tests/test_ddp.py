@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.multiprocessing as mp
+
+from helpers import spawn_isolated
 
 from yoloforge.config import load_hyp
 
@@ -80,7 +81,7 @@ def test_ddp_step_equals_single_process(tmp_path):
         single = _model()
         _step(single, imgs, targets, epoch)
         out = tmp_path / f"ddp{epoch}.pt"
-        mp.spawn(_worker, args=(2, _free_port(), str(out), epoch), nprocs=2, join=True)
+        spawn_isolated("test_ddp", "_worker", (2, _free_port(), str(out), epoch))
         ddp = torch.load(out, weights_only=True)
         ref = single.state_dict()
         moved = 0

@@ -193,7 +193,7 @@ _DDP_TARGETS = torch.tensor([[0, 1, 10, 20, 50, 60], [0, 2, 60, 60, 120, 100], [
 def test_ddp_gradient_equals_global_batch(tmp_path):
     import socket
 
-    import torch.multiprocessing as mp
+    from helpers import spawn_isolated
 
     main, aux = _preds(bs=4, seed=0), _preds(bs=4, seed=1)
     loss = YOLOv7Loss(3, ANCHORS, STRIDES, P5, aux=True)
@@ -203,7 +203,7 @@ def test_ddp_gradient_equals_global_batch(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "grads.pt"
-    mp.spawn(_ddp_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    spawn_isolated("test_loss_yolov7", "_ddp_worker", (2, port, str(out)))
     ddp = torch.load(out, weights_only=True)
     for p, g in zip(main + aux, ddp):
         assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-7)

@@ -1,4 +1,4 @@
-"""``yoloforge VERB [options]`` -- one verb per mode: train val predict export info demo.
+"""``yoloforge VERB [options]`` -- one verb per mode: train val predict export benchmark convert scale info demo.
 
 Errors a user can fix (missing file, bad label, bad option) print one line and exit 2;
 they never end in a traceback from deep inside torch.
@@ -201,11 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nc", type=int, default=80)
     p.add_argument("--list", action="store_true", help="list registered models")
 
-    from yoloforge import scaling
+    from yoloforge import bench, scaling
     from yoloforge.convert import add_parser as add_convert
 
     scaling.add_parser(sub)
     add_convert(sub)
+    bench.add_parser(sub)
 
     p = sub.add_parser("demo", help="train yolov6n on generated shapes, validate, predict")
     p.add_argument("--project", default="runs/demo")
@@ -226,6 +227,12 @@ def _scale(a) -> int:
     return scaling.run(a)
 
 
+def _benchmark(a) -> int:
+    from yoloforge import bench
+
+    return bench.run(a)
+
+
 def _convert(a) -> int:
     from yoloforge.convert import run
 
@@ -233,7 +240,8 @@ def _convert(a) -> int:
 
 
 VERBS = {"train": cmd_train, "val": cmd_val, "predict": cmd_predict, "export": cmd_export, "info": cmd_info,
-         "demo": cmd_demo, "scale": _scale, "convert": _convert}
+         "demo": cmd_demo, "scale": _scale, "convert": _convert,
+         "benchmark": _benchmark}
 
 
 def main(argv: list[str] | None = None) -> int:

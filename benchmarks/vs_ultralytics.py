@@ -1,0 +1,376 @@
+"""yoloforge vs ultralytics on this machine, in one run, same architecture, untrained models both sides.
+
+Setup (once; ultralytics must never enter the yoloforge venv, so it gets its own, ~6 GB):
+
+    python3 -m venv /tmp/ulvenv
+    /tmp/ulvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 ultralytics onnx onnxruntime onnxslim
+
+Run (from the repository root, with the yoloforge venv):
+
+    .venv/bin/python benchmarks/vs_ultralytics.py --ul-python /tmp/ulvenv/bin/python [--parts a,b,c,d,e]
+
+The ultralytics side runs in ``benchmarks/_ul_worker.py`` inside that venv, a long-lived subprocess
+spoken to with JSON lines, so both sides stay warm and single measurements alternate between them
+(ours, theirs, ours, ...): machine noise hits both alike. Nothing is downloaded (``YOLO_OFFLINE=1``;
+models are built from ``yolov6n.yaml`` / ``yolov8n.yaml``). Parts:
+
+a. torch eager forward at 640, batch 1, fused both sides, the same torch thread count both sides.
+b. ONNX Runtime and OpenVINO latency of each library's own ONNX export, both run here by the same
+   runtime with the same settings (yoloforge's OrtBackend / OpenVINOBackend), so only the graphs differ.
+c. training img/s at 320, batch 8, coco128 train, 1 epoch: ours = our Trainer's epoch loop, theirs =
+   ``model.train``; per-iteration step time (forward, loss, backward, optimizer step when due) and data
+   wait measured the same way (around the loader's ``next``, resp. batch start/end callbacks).
+d. validation of coco128 val at 640 (``Detector.val`` vs ``model.val``), wall time.
+e. end-to-end predict over coco128 val at 640 (read, pre, model, post): ``Detector.predict(backend="auto")``
+   vs ultralytics' default ``model.predict`` (torch; rectangular letterbox). Issue goal: ours >= 4x faster.
+
+Note: ultralytics' yolov6n is not ours (4.50 M params / 13.0 GFLOPs vs 4.3 M / 11.0 fused): both are
+printed, and the ms-per-GFLOP column normalises model time by FLOPs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import table
+
+HERE = Path(__file__).resolve().parent
+COCO = Path("/work/shared/data/coco128")
+
+
+class UL:
+    """The ultralytics worker process."""
+
+    def __init__(self, python: str, workdir: Path):
+        env = dict(os.environ, YOLO_OFFLINE="1", YOLO_VERBOSE="False", PYTHONUNBUFFERED="1")
+        env.pop("PYTHONPATH", None)
+        self.log = open(workdir / "ul_worker.log", "w")
+        self.p = subprocess.Popen([python, str(HERE / "_ul_worker.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=self.log, text=True, cwd=workdir, env=env)
+
+    def __call__(self, op: str, **args):
+        self.start(op, **args)
+        while self.wait_tick():
+            self.go()
+        return self.result
+
+    # lock-step: start(op, lockstep=True); wait_tick() -> True while the op waits for go(); then .result
+    def start(self, op: str, **args):
+        self.op, self.result = op, None
+        self._send(json.dumps({"op": op, "args": args}))
+
+    def _send(self, text: str):
+        self.p.stdin.write(text + "\n")
+        self.p.stdin.flush()
+
+    def go(self):
+        self._send("go")
+
+    def wait_tick(self) -> bool:
+        line = self.p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"ultralytics worker died (see {self.log.name})")
+        r = json.loads(line)
+        if "tick" in r:
+            return True
+        if not r["ok"]:
+            raise RuntimeError(f"ultralytics {self.op}: {r['error']}\n{r.get('traceback', '')}")
+        self.result = r["result"]
+        return False
+
+    def close(self):
+        try:
+            self.p.stdin.write('{"op": "quit"}\n')
+            self.p.stdin.close()
+            self.p.wait(timeout=30)
+        except Exception:  # noqa: BLE001
+            self.p.kill()
+        self.log.close()
+
+
+def med_ms(ts) -> float:
+    return 1e3 * statistics.median(ts)
+
+
+def prepare_data(work: Path) -> tuple[Path, Path]:
+    """A private copy of coco128 (ultralytics writes .cache files beside the labels) and two yamls:
+    the full one, and one for ultralytics training whose val is 8 images (its unmeasured end-of-training val)."""
+    root = work / "coco128"
+    if not root.exists():
+        shutil.copytree(COCO, root, ignore=shutil.ignore_patterns("*.cache"))
+    names = [ln.split(":", 1)[1].strip() for ln in (COCO / "data.yaml").read_text().splitlines()
+             if ln.startswith("  ") and ":" in ln]
+    body = "names:\n" + "".join(f"  {i}: {n}\n" for i, n in enumerate(names))
+    full = work / "coco128.yaml"
+    full.write_text(f"path: {root}\ntrain: images/train2017\nval: images/val2017\n" + body)
+    few = sorted((root / "images/val2017").glob("*.jpg"))[:8]
+    (work / "val8.txt").write_text("".join(f"{p}\n" for p in few))
+    train = work / "coco128_train.yaml"
+    train.write_text(f"path: {root}\ntrain: images/train2017\nval: {work / 'val8.txt'}\n" + body)
+    return full, train
+
+
+def ours_weights(work: Path, name: str = "yolov6n") -> Path:
+    from yoloforge.models.registry import build_model
+    from yoloforge.utils.checkpoint import save_weights
+
+    m = build_model(name)
+    m.names = [str(i) for i in range(m.nc)]
+    return save_weights(work / f"{name}.safetensors", m, {"names": m.names, "imgsz": 640})
+
+
+# ----------------------------------------------------------------------------------------------- parts
+def part_a(ul, rows, info, n, threads):
+    from yoloforge.export.onnx import deploy_copy
+    from yoloforge.models.registry import build_model
+
+    fused = deploy_copy(build_model("yolov6n").eval())
+    x = torch.rand(1, 3, 640, 640)
+    ours, theirs = [], {"yolov6n": [], "yolov8n": []}
+    for r in range(n + 3):
+        with torch.inference_mode():
+            t = time.perf_counter()
+            fused(x)
+            dt = time.perf_counter() - t
+        res = {k: ul("forward", name=k, imgsz=640, n=1, threads=threads)["times"][0] for k in theirs}
+        if r >= 3:  # warm-up rounds excluded
+            ours.append(dt)
+            for k in theirs:
+                theirs[k].append(res[k])
+    o = med_ms(ours)
+    for k, v in theirs.items():
+        t = med_ms(v)
+        rows.append([f"(a) torch fused fwd 640 b1 vs {k}, ms", o, t, o / t,
+                     f"ms/GFLOP {o / info['ours_gflops']:.2f} vs {t / info[k]['gflops_fused']:.2f}; {threads} threads both"])
+
+
+def part_b(ul, rows, info, work, n):
+    from yoloforge.export.onnx import export_onnx
+    from yoloforge.export.runtime import OpenVINOBackend, OrtBackend
+    from yoloforge.models.registry import build_model
+
+    m = build_model("yolov6n")
+    paths = {"ours yolov6n": export_onnx(m, work / "ours_yolov6n.onnx", imgsz=640)}
+    for k in ("yolov6n", "yolov8n"):
+        paths[f"ul {k}"] = Path(ul("export", name=k, format="onnx", imgsz=640, outdir=str(work / f"ul_{k}"))["path"])
+    fns = {f"{k} ort": OrtBackend(p) for k, p in paths.items()}
+    try:
+        from yoloforge.export.openvino import onnx_to_openvino
+
+        for k, p in paths.items():
+            fns[f"{k} ov"] = OpenVINOBackend(onnx_to_openvino(p, work / f"ov_{p.stem}", meta={"nc": 80, "imgsz": 640}))
+    except Exception as e:  # noqa: BLE001
+        print(f"(b) OpenVINO skipped: {type(e).__name__}: {e}")
+    x = np.random.default_rng(0).random((1, 3, 640, 640), dtype=np.float32)
+    times = {k: [] for k in fns}
+    keys = list(fns)
+    for r in range(n + 3):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            t = time.perf_counter()
+            fns[k].outputs(x)
+            if r >= 3:
+                times[k].append(time.perf_counter() - t)
+    for rt in ("ort", "ov"):
+        if f"ours yolov6n {rt}" not in times:
+            continue
+        o = med_ms(times[f"ours yolov6n {rt}"])
+        for k in ("yolov6n", "yolov8n"):
+            t = med_ms(times[f"ul {k} {rt}"])
+            rows.append([f"(b) {'ONNX Runtime' if rt == 'ort' else 'OpenVINO'} 640 b1 vs ul {k} export, ms", o, t, o / t,
+                         f"ms/GFLOP {o / info['ours_gflops']:.2f} vs {t / info[k]['gflops_fused']:.2f}; same runtime, own graphs"])
+    return times
+
+
+class TimedLoader:
+    """Wraps the trainer's loader: time inside the loader's next (wait) and between batches (step).
+    ``hook()`` runs before each fetch, untimed (lock-step: ultralytics does one iteration there)."""
+
+    def __init__(self, loader, hook=None):
+        self.loader, self.sampler, self.marks, self.hook = loader, loader.sampler, [], hook
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        it = iter(self.loader)
+        while True:
+            h = time.perf_counter()  # the previous step ends here
+            if self.hook:
+                self.hook()
+            t0 = time.perf_counter()
+            try:
+                b = next(it)
+            except StopIteration:
+                self.marks.append((h, t0, None))
+                return
+            self.marks.append((h, t0, time.perf_counter()))
+            yield b
+
+    def split(self):
+        waits = [b - a for _, a, b in self.marks if b is not None]
+        steps = [self.marks[i + 1][0] - self.marks[i][2] for i in range(len(self.marks) - 1)]
+        return steps, waits
+
+
+def ours_train_epoch(data: Path, work: Path, imgsz: int, batch: int, workers: int, hook=None):
+    from yoloforge.config import TrainConfig
+    from yoloforge.engine.optim import warmup_iters
+    from yoloforge.engine.trainer import Trainer
+
+    cfg = TrainConfig(model="yolov6n", data=str(data), epochs=1, imgsz=imgsz, batch=batch, workers=workers,
+                      device="cpu", project=str(work / "ours_runs"), name="t", exist_ok=True, close_mosaic=0,
+                      plots=False, verbose=False)
+    tr = Trainer(cfg)
+    tr._setup()
+    tr.train_loader = TimedLoader(tr.train_loader, hook)
+    nb = len(tr.train_loader)
+    tr._train_epoch(0, nb, warmup_iters(tr.hyp, nb, cfg.epochs))
+    return tr.train_loader.split()
+
+
+def part_c(ul, rows, data_train, work, rounds, threads):
+    """Theirs at its default threads (1 torch thread on a 2-core machine) and at ours, and yolov8n."""
+    imgsz, batch, workers = 320, 8, 2
+    ours_s, ours_w = [], []
+    theirs = {("yolov6n", None): ([], []), ("yolov6n", threads): ([], []), ("yolov8n", None): ([], [])}
+    seen = {}
+    for _ in range(rounds):
+        for (k, th), (ts, tw) in theirs.items():  # one epoch of ours in lock-step with each of theirs
+            ul.start("train", name=k, data=str(data_train), imgsz=imgsz, batch=batch, epochs=1, workers=workers,
+                     project=str(work / "ul_runs"), threads=th, lockstep=True)
+            alive = [ul.wait_tick()]  # theirs is set up and waits before its first batch
+
+            def hook():
+                if alive[0]:
+                    ul.go()
+                    alive[0] = ul.wait_tick()
+            s, w = ours_train_epoch(data_train, work, imgsz, batch, workers, hook)
+            while alive[0]:
+                hook()
+            r = ul.result
+            ours_s += s[1:]  # the first iteration warms up (both sides)
+            ours_w += w[1:]
+            ts += r["steps"][1:]
+            tw += r["waits"][1:]
+            seen[(k, th)] = r["threads"]
+
+    def ips(s, w):
+        return batch / (statistics.median(s) + statistics.median(w))
+    o = ips(ours_s, ours_w)
+    ofrac = statistics.median(ours_w) / (statistics.median(ours_s) + statistics.median(ours_w))
+    for (k, th), (ts, tw) in theirs.items():
+        t = ips(ts, tw)
+        tfrac = statistics.median(tw) / (statistics.median(ts) + statistics.median(tw))
+        theirs_threads = seen[(k, th)]
+        rows.append([f"(c) train 320 b8 img/s vs ul {k} ({theirs_threads} thr)", o, t, o / t,
+                     f"step {med_ms(ours_s):.0f} vs {med_ms(ts):.0f} ms, data wait {100 * ofrac:.0f}% vs {100 * tfrac:.0f}%; "
+                     f"threads {torch.get_num_threads()} vs {theirs_threads}; {len(ours_s)} vs {len(ts)} iters"])
+
+
+def part_d(ul, rows, data, weights, rounds, threads):
+    from yoloforge.api import Detector
+
+    det = Detector(weights)
+    ours, theirs = [], []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        m = det.val(str(data), imgsz=640, batch=16, workers=2, verbose=False)
+        ours.append(time.perf_counter() - t)
+        r = ul("val", name="yolov6n", data=str(data), imgsz=640, batch=16, workers=2, threads=threads)
+        theirs.append(r["seconds"])
+    o, t = statistics.median(ours), statistics.median(theirs)
+    s = m.speed_ms
+    ts = r["speed_ms"]
+    rows.append(["(d) val coco128 640 (untrained), s", o, t, o / t,
+                 f"per img pre/model/post ours {s['pre']:.0f}/{s['model']:.0f}/{s['post']:.0f} ms, theirs "
+                 f"{ts['preprocess']:.0f}/{ts['inference']:.0f}/{ts['postprocess']:.0f} ms; {threads} threads both"])
+
+
+def part_e(ul, rows, weights, rounds, threads_list):
+    from yoloforge.api import Detector
+
+    src = str(COCO / "images/val2017")
+    det = Detector(weights)
+    pred = det.predictor(imgsz=640, backend="auto")  # exported once and cached here: not timed
+
+    sum(1 for _ in pred(src, stream=True))  # warm-up pass
+    ul("predict", name="yolov6n", source=src, imgsz=640, threads=threads_list[0])  # warm-up pass
+    ours, theirs = {th: [] for th in threads_list}, {th: [] for th in threads_list}
+    for _ in range(rounds):
+        for th in threads_list:  # image by image in lock-step: ours one image, theirs one image, ...
+            gen = pred(src, stream=True)
+            ul.start("predict", name="yolov6n", source=src, imgsz=640, threads=th, lockstep=True)
+            while ul.wait_tick():
+                t = time.perf_counter()
+                next(gen, None)
+                ours[th].append(time.perf_counter() - t)
+                ul.go()
+            theirs[th] += ul.result["per_image"][1:]
+    kind = getattr(pred.model, "kind", "torch")
+    for th, v in theirs.items():
+        o, t = med_ms(ours[th][1:]), med_ms(v)
+        rows.append([f"(e) predict e2e ms/img vs ul default ({th} thr)", o, t, o / t,
+                     f"ours backend={kind}; speedup {t / o:.2f}x (goal >= 4x); means {1e3 * statistics.fmean(ours[th]):.0f} vs {1e3 * statistics.fmean(v):.0f}"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ul-python", required=True, help="python of the ultralytics venv (see the docstring)")
+    ap.add_argument("--parts", default="a,b,c,d,e")
+    ap.add_argument("--n", type=int, default=20, help="measured rounds for (a) and (b)")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds for (c), (d), (e)")
+    ap.add_argument("--workdir", default=None)
+    a = ap.parse_args()
+    parts = set(a.parts.split(","))
+    work = Path(a.workdir or tempfile.mkdtemp(prefix="yoloforge-vs-ul-"))
+    work.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    from yoloforge.models.registry import build_model
+    from yoloforge.export.onnx import deploy_copy
+    from yoloforge.utils.flops import count_gflops, count_params
+
+    m = build_model("yolov6n").eval()
+    f = deploy_copy(m)
+    info = {"ours_params": count_params(m), "ours_params_fused": count_params(f), "ours_gflops": count_gflops(f, 640)}
+    ul = UL(a.ul_python, work)
+    try:
+        hello = ul("hello")
+        for k in ("yolov6n", "yolov8n"):
+            info[k] = ul("info", name=k, imgsz=640)
+        print(f"load before: {os.getloadavg()}; ours torch {torch.__version__} {threads} threads; ultralytics "
+              f"{hello['ultralytics']} torch {hello['torch']} (its default on CPU: {hello['default_threads']} thread(s), OMP_NUM_THREADS={hello['omp_env']})")
+        print(f"params/GFLOPs 640: ours yolov6n {info['ours_params'] / 1e6:.2f}M ({info['ours_params_fused'] / 1e6:.2f}M fused) / "
+              f"{info['ours_gflops']:.1f} fused; " + "; ".join(
+                  f"ul {k} {info[k]['params'] / 1e6:.2f}M / {info[k]['gflops']:.1f} ({info[k]['gflops_fused']:.1f} fused)"
+                  for k in ("yolov6n", "yolov8n")))
+        data, data_train = prepare_data(work)
+        weights = ours_weights(work)
+        rows = []
+        for p, fn in (("a", lambda: part_a(ul, rows, info, a.n, threads)),
+                      ("b", lambda: part_b(ul, rows, info, work, a.n)),
+                      ("c", lambda: part_c(ul, rows, data_train, work, a.rounds, threads)),
+                      ("d", lambda: part_d(ul, rows, data, weights, a.rounds, threads)),
+                      ("e", lambda: part_e(ul, rows, weights, a.rounds, [hello["default_threads"], threads]))):
+            if p in parts:
+                t = time.perf_counter()
+                fn()
+                print(f"part {p} done in {time.perf_counter() - t:.0f} s, load {os.getloadavg()[0]:.2f}", flush=True)
+        print(table(["measurement", "ours", "ultralytics", "ours/theirs", "notes"], rows))
+        print(f"load after: {os.getloadavg()}")
+    finally:
+        ul.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

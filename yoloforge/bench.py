@@ -1,0 +1,297 @@
+"""``yoloforge benchmark``: latency, throughput and (with ``--data``) mAP of one model in every format.
+
+    yoloforge benchmark --model yolov6n --imgsz 640 [--weights W.safetensors] [--data data.yaml]
+                        [--batch 8] [--runs 20] [--formats torch,onnx,openvino,tensorrt]
+
+Prints a markdown table (paste it into an issue as it is) with one row per format: the fused torch
+model, ONNX Runtime, OpenVINO and TensorRT. A format that cannot run here (not installed, no CUDA)
+keeps its row, saying why it was skipped. Latency is the model call only (float32 NCHW in,
+``(B, N, 4 + nc)`` out), ``--runs`` measured calls per batch size after ``--warmup`` unmeasured ones;
+the formats take turns inside each round (round-robin, rotating the start) so that machine noise hits
+all of them alike. Throughput is ``batch / p50``. The mAP columns come from ``Detector.val`` on the
+val split through the same exported file, so they also check that the export is faithful.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMATS = ("torch", "onnx", "openvino", "tensorrt")
+ALIASES = {"pytorch": "torch", "onnxruntime": "onnx", "ort": "onnx", "ov": "openvino", "engine": "tensorrt",
+           "trt": "tensorrt"}
+HEADERS = ["format", "runtime", "threads", "b1 p50 ms", "b1 p90 ms", "b1 img/s", "bB p50 ms", "bB p90 ms",
+           "bB img/s", "mAP50-95", "mAP50", "note"]
+
+
+@dataclass
+class Row:
+    """One format's results; ``skipped`` is the reason it did not run (then the numbers stay empty)."""
+
+    fmt: str
+    runtime: str = ""
+    threads: str = ""
+    times: dict = field(default_factory=dict)  # batch -> list of seconds per call
+    map: float | None = None
+    map50: float | None = None
+    note: str = ""
+    skipped: str = ""
+
+
+def parse_formats(text: str) -> list[str]:
+    out = []
+    for f in (s.strip().lower() for s in text.split(",") if s.strip()):
+        f = ALIASES.get(f, f)
+        if f not in FORMATS:
+            raise ValueError(f"unknown format {f!r} for --formats; choose from {', '.join(FORMATS)}")
+        if f not in out:
+            out.append(f)
+    if not out:
+        raise ValueError("--formats is empty")
+    return out
+
+
+def stats(times: list[float], batch: int) -> tuple[float, float, float]:
+    """(p50 ms, p90 ms, images per second at p50) of per-call times in seconds."""
+    if not times:
+        return float("nan"), float("nan"), float("nan")
+    p50 = 1e3 * statistics.median(times)
+    p90 = 1e3 * float(np.percentile(times, 90))
+    return p50, p90, (1e3 * batch / p50) if p50 > 0 else float("inf")
+
+
+def _num(v, digits: int = 1) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "-"
+    return f"{v:.{digits}f}"
+
+
+def format_table(rows: list[Row], batch: int) -> str:
+    """Markdown table of the rows; ``bB`` in the headers becomes ``b<batch>``."""
+    heads = [h.replace("bB", f"b{batch}") for h in HEADERS]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---:" if 1 < i < len(heads) - 1 else "---" for i in range(len(heads))) + "|"]
+    for r in rows:
+        if r.skipped:
+            cells = [r.fmt, r.runtime or "-", "-"] + ["-"] * 8 + [f"skipped: {r.skipped}"]
+        else:
+            s1, sb = stats(r.times.get(1, []), 1), stats(r.times.get(batch, []), batch)
+            cells = [r.fmt, r.runtime, r.threads, _num(s1[0]), _num(s1[1]), _num(s1[2]), _num(sb[0]), _num(sb[1]),
+                     _num(sb[2]), _num(r.map, 3), _num(r.map50, 3), r.note]
+        lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def system_line() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = "/".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (f"{cpu}, {os.cpu_count()} logical CPUs{gpu}; load average {load}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}")
+
+
+# ---------------------------------------------------------------------------------------------- formats
+class TensorRTRunner:
+    """Runs a serialized TensorRT engine on torch CUDA tensors (TensorRT 10 tensor-address API)."""
+
+    def __init__(self, engine_path: Path, nc: int):
+        import tensorrt as trt
+
+        self.trt, self.nc = trt, nc
+        logger = trt.Logger(trt.Logger.WARNING)
+        self.engine = trt.Runtime(logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
+        self.ctx = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        self.stream = torch.cuda.Stream()
+
+    def __call__(self, x) -> torch.Tensor:
+        x = torch.as_tensor(x).cuda().float().contiguous()
+        self.ctx.set_input_shape(self.inputs[0], tuple(x.shape))
+        self.ctx.set_tensor_address(self.inputs[0], x.data_ptr())
+        outs = []
+        for n in self.outputs:
+            shape = tuple(self.ctx.get_tensor_shape(n))
+            dtype = {self.trt.DataType.FLOAT: torch.float32, self.trt.DataType.HALF: torch.float16,
+                     self.trt.DataType.INT32: torch.int32, self.trt.DataType.INT64: torch.int64}[self.engine.get_tensor_dtype(n)]
+            o = torch.empty(shape, dtype=dtype, device="cuda")
+            self.ctx.set_tensor_address(n, o.data_ptr())
+            outs.append(o)
+        self.ctx.execute_async_v3(self.stream.cuda_stream)
+        self.stream.synchronize()
+        return outs[0].float()
+
+
+def prepare(fmt: str, weights: Path, imgsz: int, workdir: Path, device: str):
+    """(callable on float NCHW, Row, path that ``Detector`` can open for mAP); raises to mark a skip."""
+    from yoloforge.utils.checkpoint import load_model
+
+    if fmt == "torch":
+        from yoloforge.export.runtime import TorchBackend
+
+        dev = "cuda" if device.startswith("cuda") else "cpu"
+        b = TorchBackend(weights, device=dev)
+        threads = str(torch.get_num_threads()) if dev == "cpu" else "-"
+        sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+
+        def run(x, b=b):
+            y = b(x)
+            sync()
+            return y
+        return run, Row("torch (fused)", f"torch {torch.__version__} {dev}", threads), weights
+    if fmt == "tensorrt":
+        from yoloforge.export.tensorrt import _require_tensorrt
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("needs a CUDA GPU (torch sees none)")
+        _require_tensorrt()  # says what is missing before anything is exported
+    model, _ = load_model(weights)
+    onnx_path = workdir / f"{weights.stem}_{imgsz}_dynamic.onnx"
+    if not onnx_path.is_file():
+        from yoloforge.export.onnx import export_onnx
+
+        export_onnx(model, onnx_path, imgsz=imgsz, dynamic=True, names=model.names)
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        from yoloforge.export.runtime import OrtBackend
+
+        b = OrtBackend(onnx_path)
+        intra = b.session.get_session_options().intra_op_num_threads
+        return b, Row("onnx", f"onnxruntime {ort.__version__} CPU", str(intra), note="fp32, dynamic batch"), onnx_path
+    if fmt == "openvino":
+        from yoloforge.export.openvino import onnx_to_openvino, require_openvino
+        from yoloforge.export.runtime import OpenVINOBackend
+
+        ov = require_openvino()
+        ir = onnx_to_openvino(onnx_path, workdir / f"{weights.stem}_{imgsz}_openvino")
+        b = OpenVINOBackend(ir)
+        try:
+            threads = str(b.compiled.get_property("INFERENCE_NUM_THREADS"))
+        except Exception:  # noqa: BLE001 - property names differ across OpenVINO versions
+            threads = "?"
+        return b, Row("openvino", f"openvino {ov.__version__.split('-')[0]} CPU", threads,
+                      note="fp32, LATENCY hint, dynamic batch"), ir
+    if fmt == "tensorrt":
+        from yoloforge.export.tensorrt import export_engine
+
+        engine = export_engine(onnx_path, workdir / f"{weights.stem}_{imgsz}.engine", half=True)
+        import tensorrt as trt
+
+        return (TensorRTRunner(engine, model.nc),
+                Row("tensorrt", f"tensorrt {trt.__version__} {torch.cuda.get_device_name(0)}", "-", note="fp16"), None)
+    raise ValueError(fmt)
+
+
+def measure(fns: dict, batches: list[int], imgsz: int, runs: int, warmup: int) -> dict:
+    """{name: {batch: [seconds, ...]}}; each round calls every fn once, starting one later each round."""
+    rng = np.random.default_rng(0)
+    out = {k: {b: [] for b in batches} for k in fns}
+    keys = list(fns)
+    for b in batches:
+        x = rng.random((b, 3, imgsz, imgsz), dtype=np.float32)
+        for r in range(warmup + runs):
+            for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+                t = time.perf_counter()
+                fns[k](x)
+                if r >= warmup:
+                    out[k][b].append(time.perf_counter() - t)
+    return out
+
+
+def untrained_weights(model_name: str, imgsz: int, workdir: Path) -> Path:
+    from yoloforge.models.registry import build_model
+    from yoloforge.utils.checkpoint import save_weights
+
+    m = build_model(model_name)
+    m.names = [str(i) for i in range(m.nc)]
+    return save_weights(workdir / f"{model_name}_untrained.safetensors", m,
+                        {"names": m.names, "imgsz": imgsz, "untrained": True})
+
+
+def benchmark(model: str = "yolov6n", imgsz: int = 640, weights: str | None = None, data: str | None = None,
+              batch: int = 8, runs: int = 20, warmup: int = 3, formats=FORMATS, device: str = "",
+              workdir: str | Path | None = None, verbose: bool = True) -> tuple[list[Row], str]:
+    """Rows for each format and the header text printed above the table."""
+    from yoloforge.api import Detector
+
+    work = Path(workdir or tempfile.mkdtemp(prefix="yoloforge-benchmark-"))
+    work.mkdir(parents=True, exist_ok=True)
+    head = [f"yoloforge benchmark: {system_line()}"]
+    if weights:
+        wpath = Path(weights)
+        if not wpath.is_file():
+            raise FileNotFoundError(f"weights not found: {wpath}")
+        head.append(f"model {wpath.name}, imgsz {imgsz}")
+    else:
+        wpath = untrained_weights(model, imgsz, work)
+        head.append(f"model {model} UNTRAINED (random weights, no --weights): latency is real, mAP is meaningless")
+    fns, rows, paths = {}, [], {}
+    for fmt in formats:
+        try:
+            fn, row, path = prepare(fmt, wpath, imgsz, work, device)
+            fns[row.fmt], paths[row.fmt] = fn, path
+        except Exception as e:  # noqa: BLE001 - any failure becomes a visible "skipped" row
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            row = Row(fmt, skipped=f"{type(e).__name__}: {msg[:160]}")
+        rows.append(row)
+    batches = sorted({1, max(int(batch), 1)})
+    times = measure(fns, batches, imgsz, runs, warmup)
+    for r in rows:
+        if r.fmt in times:
+            r.times = times[r.fmt]
+    head.append(f"{runs} measured calls per batch size after {warmup} warm-up calls, formats in turn each round; "
+                f"model call only (no read/letterbox/NMS); load average now "
+                + ("/".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"))
+    if data:
+        for r in rows:
+            if r.skipped or paths.get(r.fmt) is None:
+                continue
+            det = Detector(paths[r.fmt], device="cuda" if device.startswith("cuda") and r.fmt.startswith("torch") else "cpu")
+            m = det.val(data, split="val", imgsz=imgsz, batch=batch, workers=2, verbose=verbose)
+            r.map, r.map50 = m.map, m.map50
+        head.append(f"mAP on the val split of {data} (conf 0.001, iou 0.65)"
+                    + ("; UNTRAINED model: the mAP is meaningless" if not weights else ""))
+    return rows, "\n".join(head)
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("benchmark", help="latency / throughput / mAP of a model in every export format")
+    p.add_argument("--model", default="yolov6n", help="registered model name (used when --weights is not given)")
+    p.add_argument("--weights", default=None, help="yoloforge .safetensors (default: an untrained --model)")
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--data", default=None, help="data yaml: adds mAP50-95 / mAP50 on its val split per format")
+    p.add_argument("--batch", type=int, default=8, help="the larger batch size (batch 1 is always measured)")
+    p.add_argument("--runs", type=int, default=20, help="measured calls per format and batch size")
+    p.add_argument("--warmup", type=int, default=3, help="unmeasured calls first")
+    p.add_argument("--formats", default="torch,onnx,openvino,tensorrt", help="comma list of " + ",".join(FORMATS))
+    p.add_argument("--device", default="", help="cuda: torch on the GPU (TensorRT always needs one)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    if args.imgsz < 32 or args.imgsz % 32:
+        raise ValueError(f"--imgsz {args.imgsz}: must be a multiple of 32")
+    if args.runs < 1 or args.batch < 1:
+        raise ValueError("--runs and --batch must be at least 1")
+    rows, head = benchmark(args.model, args.imgsz, args.weights, args.data, args.batch, args.runs, args.warmup,
+                           parse_formats(args.formats), args.device)
+    print(head)
+    print()
+    print(format_table(rows, args.batch))
+    return 0
