@@ -141,7 +141,7 @@ def cmd_demo(a) -> int:
     det = Detector(a.model)
     best = det.train(data=str(data), epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, nbs=a.batch, workers=a.workers,
                      project=str(Path(a.project) / "train"), name="exp", exist_ok=True, close_mosaic=a.close_mosaic,
-                     seed=0, hyp_override={"warmup_epochs": 1.0})
+                     val_interval=a.val_interval, seed=0, hyp_override={"warmup_epochs": 1.0})
     m = Detector(best).val(str(data), save_dir=Path(a.project) / "val", plots=True, verbose=False)
     val_imgs = sorted((root / "images" / "val").glob("*"))[:8]
     out = Detector(best).predictor(conf=0.25).predict_to_dir([str(p) for p in val_imgs], Path(a.project) / "predict",
@@ -211,13 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train yolov6n on generated shapes, validate, predict")
     p.add_argument("--project", default="runs/demo")
     p.add_argument("--model", default="yolov6n")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--imgsz", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=26)
+    p.add_argument("--imgsz", type=int, default=160)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--n-train", type=int, default=400)
     p.add_argument("--n-val", type=int, default=100)
-    p.add_argument("--close-mosaic", type=int, default=5)
+    p.add_argument("--close-mosaic", type=int, default=8)
+    p.add_argument("--val-interval", type=int, default=5)
     return ap
 
 

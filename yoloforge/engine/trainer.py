@@ -391,9 +391,14 @@ class Trainer:
 
     def _log_epoch(self, epoch: int, m: Metrics) -> None:
         names = [f"train/{n}_loss" for n in self.loss_fn.names]
+        validated = m.images > 0
+
+        def val(v):  # epochs without validation (--val-interval) leave the metric columns empty
+            return round(v, 5) if validated else ""
+
         row = {"epoch": epoch + 1, **{n: round(float(v), 5) for n, v in zip(names, self.epoch_loss.tolist())},
-               "metrics/precision": round(m.precision, 5), "metrics/recall": round(m.recall, 5),
-               "metrics/mAP50": round(m.map50, 5), "metrics/mAP50-95": round(m.map, 5),
+               "metrics/precision": val(m.precision), "metrics/recall": val(m.recall),
+               "metrics/mAP50": val(m.map50), "metrics/mAP50-95": val(m.map),
                "lr": round(self.optimizer.param_groups[0]["lr"], 7), "time_s": round(self.epoch_time, 1)}
         new = not self.csv_path.exists()
         with open(self.csv_path, "a", newline="") as f:
@@ -403,8 +408,8 @@ class Trainer:
             w.writerow(row)
         if self.cfg.verbose:
             loss = " ".join(f"{n}={v:.3f}" for n, v in zip(self.loss_fn.names, self.epoch_loss.tolist()))
-            LOG.info(f"epoch {epoch + 1}/{self.cfg.epochs}  {loss}  mAP50={m.map50:.3f} mAP50-95={m.map:.3f}  "
-                     f"({self.epoch_time:.0f}s)")
+            metrics = f"mAP50={m.map50:.3f} mAP50-95={m.map:.3f}" if validated else "(not validated)"
+            LOG.info(f"epoch {epoch + 1}/{self.cfg.epochs}  {loss}  {metrics}  ({self.epoch_time:.0f}s)")
 
     def _plot_labels(self) -> None:
         try:
