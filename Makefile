@@ -21,10 +21,10 @@ demo: venv
 	$(BIN)/yoloforge demo
 
 test: venv
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python tests/run_files.py
 
 test-slow: venv
-	$(BIN)/python -m pytest -q -m slow tests
+	$(BIN)/python tests/run_files.py -m slow
 
 clean:
 	rm -rf runs build *.egg-info
