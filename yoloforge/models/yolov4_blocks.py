@@ -98,6 +98,18 @@ class BottleneckCSP(nn.Module):
         return self
 
 
+def fuse_concat_bn(block: nn.Module) -> nn.Module:
+    """Fold the BN that follows the CSP concat ``cat(post(y1), cv2(x))``: its second half into the plain conv
+    ``cv2``, its first half (after an activation, so not foldable) into a per-channel affine ``post``."""
+    if isinstance(block.bn, nn.BatchNorm2d):
+        c_ = block.cv2.out_channels
+        with torch.no_grad():
+            block.post = _bn_affine(block.bn, 0, c_)
+        block.cv2 = fuse_conv_bn(block.cv2, _bn_slice(block.bn, c_, 2 * c_))
+        block.bn = nn.Identity()
+    return block
+
+
 class BottleneckCSP2(nn.Module):
     """CSP block of the CSP-PAN neck ("reversed Dark layer" made CSP, paper Fig. 3):
 
@@ -122,13 +134,7 @@ class BottleneckCSP2(nn.Module):
         return self.cv3(self.act(self.bn(y)))
 
     def fuse(self) -> "BottleneckCSP2":
-        if isinstance(self.bn, nn.BatchNorm2d):
-            c_ = self.cv2.out_channels
-            with torch.no_grad():
-                self.post = _bn_affine(self.bn, 0, c_)
-            self.cv2 = fuse_conv_bn(self.cv2, _bn_slice(self.bn, c_, 2 * c_))
-            self.bn = nn.Identity()
-        return self
+        return fuse_concat_bn(self)
 
 
 class SPPCSP(nn.Module):
@@ -160,13 +166,7 @@ class SPPCSP(nn.Module):
         return self.cv7(self.act(self.bn(y)))
 
     def fuse(self) -> "SPPCSP":
-        if isinstance(self.bn, nn.BatchNorm2d):
-            c_ = self.cv2.out_channels
-            with torch.no_grad():
-                self.post = _bn_affine(self.bn, 0, c_)
-            self.cv2 = fuse_conv_bn(self.cv2, _bn_slice(self.bn, c_, 2 * c_))
-            self.bn = nn.Identity()
-        return self
+        return fuse_concat_bn(self)
 
 
 class TinyCSPBlock(nn.Module):
