@@ -81,7 +81,7 @@ def evaluate(model, loader, names: list[str], *, conf: float = 0.001, iou: float
     if is_module:
         model.eval()
     nc = len(names)
-    gts, dts, ids, paths, tps = [], [], [], [], []
+    gts, dts, ids, tps = [], [], [], []
     confusion = ConfusionMatrix(nc)
     t_pre = t_model = t_post = 0.0
     n_img = 0
@@ -111,7 +111,6 @@ def evaluate(model, loader, names: list[str], *, conf: float = 0.001, iou: float
             confusion.update(dets_orig, gt_boxes, t[:, 1].astype(int))
             tps.append(match_predictions(dets_orig, gt_boxes, t[:, 1].astype(int))[:, 0])
             ids.append(_image_id(meta["path"], n_img))
-            paths.append(meta["path"])
             n_img += 1
     m = Metrics(images=n_img, instances=int(sum(len(g["classes"]) for g in gts)))
     if n_img:

@@ -425,8 +425,8 @@ class Trainer:
             ckpt.save_weights(best, self.ema.ema, self._meta(epoch, last))
         final = last
         if self.val_loader is not None:
-            model, _ = ckpt.load_model(best)
-            final = evaluate(model.to(self.device).fuse(), self.val_loader, self.names, conf=self.cfg.conf,
+            model = ckpt.load_model(best)[0].to(self.device).fuse()
+            final = evaluate(model, self.val_loader, self.names, conf=self.cfg.conf,
                              iou=self.cfg.iou, device=self.device, save_dir=self.run_dir, plots=self.cfg.plots,
                              verbose=self.cfg.verbose, desc="val best")
             LOG.info("best weights on the val split:\n" + final.table())
@@ -435,21 +435,19 @@ class Trainer:
                 from yoloforge.utils.plots import plot_results
 
                 plot_results(self.csv_path)
-                self._plot_val_batch(best)
+                if self.val_loader is not None:
+                    self._plot_val_batch(model)
             except Exception as e:
                 LOG.warning(f"plots skipped: {e}")
         self.final_metrics = final
         LOG.info(f"results in {self.run_dir} (best: {best})")
         return best
 
-    def _plot_val_batch(self, best: Path) -> None:
-        if self.val_loader is None:
-            return
+    def _plot_val_batch(self, model: nn.Module) -> None:
+        """Predictions of the (fused) best model next to the labels, on the first val batch."""
         from yoloforge.utils.nms import non_max_suppression
         from yoloforge.utils.plots import plot_image_grid
 
-        model, _ = ckpt.load_model(best)
-        model.to(self.device).fuse()
         imgs, targets, _ = next(iter(self.val_loader))
         with torch.inference_mode():
             dets = non_max_suppression(model(imgs.to(self.device).float() / 255), conf=0.25, iou=0.45)
