@@ -145,6 +145,24 @@ def describe(raw) -> dict:
     levels = sorted(([float(v) for m in _ints(y["mask"]) for v in anchors[2 * m:2 * m + 2]] for y in yolos), key=sum)
     scale = float(yolos[0].get("scale_x_y", 1.0))
     notes = [] if variant != "tiny" or abs(scale - 1.05) < 1e-6 else [f"cfg scale_x_y {scale} != 1.05 of yolov4-tiny"]
+    if variant == "csp":
+        # Our head decodes xy = 2 sigmoid - 0.5, wh = (2 sigmoid)^2 anchor (Scaled-YOLOv4). Darknet's
+        # cfg/yolov4-csp.cfg says so with logistic [yolo] convs + new_coords=1 + scale_x_y=2.0; the
+        # ScaledYOLOv4 yolov4-csp branch cfg has linear [yolo] convs and its PyTorch code applies that
+        # decode whatever the cfg's scale_x_y says. Both go with the same yolov4-csp.weights.
+        heads = {L["act"] for L in layers if L["type"] == "convolutional" and not L["bn"]}
+        coords = {(int(y.get("new_coords", 0)), float(y.get("scale_x_y", 1.0))) for y in yolos}
+        if heads == {"logistic"} and coords == {(1, 2.0)}:
+            scale = 2.0
+        elif heads == {"linear"} and all(n == 0 for n, _ in coords):
+            notes.append("ScaledYOLOv4 yolov4-csp branch cfg: decoded as its PyTorch code does "
+                         f"(2 sigmoid - 0.5, (2 sigmoid)^2 anchor; the cfg's scale_x_y {scale} is not used)")
+        else:
+            y = yolos[0]
+            raise ConvertError(f"{raw.path}: unsupported [yolo] decode (cfg line {y['line']}): yolov4-csp needs "
+                               "logistic [yolo] convs with new_coords=1 and scale_x_y=2.0 (darknet cfg/yolov4-csp.cfg) "
+                               "or linear ones (ScaledYOLOv4 yolov4-csp branch cfg); found activations "
+                               f"{sorted(heads)}, new_coords/scale_x_y {sorted(coords)}")
     return dict(nc=nc, variant=variant, anchors=levels, scale_xy=scale, notes=notes,
                 head_type=f"darknet [yolo] x{len(yolos)} (scale_x_y {scale})",
                 fused=f"darknet {major}.{minor}.{rev}, {header}-byte header", imgsz=416 if variant == "tiny" else 512)
@@ -153,12 +171,13 @@ def describe(raw) -> dict:
 def build(raw, info: dict, variant: str | None = None):
     from yoloforge.models.yolov4 import YOLOv4
 
-    v = info["variant"]
-    if v != "tiny":
-        raise ConvertError(f"{raw.path}: unsupported: darknet yolov4-csp .weights (convert the ScaledYOLOv4 "
-                           "yolov4-large branch yolov4-csp .pt instead)")
-    from .yolov4_keys import tiny_slots
+    from .yolov4_keys import csp_darknet_slots, tiny_slots
 
-    model = YOLOv4(v, nc=info["nc"], anchors=info["anchors"])
-    transfer(tiny_slots(model), raw.attrs["units"], raw.path)
+    v = info["variant"]
+    if v == "tiny":
+        model = YOLOv4(v, nc=info["nc"], anchors=info["anchors"])
+        transfer(tiny_slots(model), raw.attrs["units"], raw.path)
+    else:  # the CSP-PAN laid out as in the cfg (no second BN on the concatenations)
+        model = YOLOv4(v, nc=info["nc"], anchors=info["anchors"], darknet_neck=True)
+        transfer(csp_darknet_slots(model), raw.attrs["units"], raw.path)
     return model, f"yolov4-{v} (darknet)"

@@ -7,7 +7,9 @@ tensors (``implicit``, ``alpha``) are units of their own. Each family module lis
 *slots* in the official order; :func:`transfer` walks both lists, checks every shape and copies.
 
 Slots: ``("cbn", ConvBNAct)``, ``("rep", RepVGGBlock)`` (takes [identity BN], 3x3, 1x1 -- or one fused
-3x3), ``("conv", nn.Conv2d)``, ``("bn", BatchNorm2d)``, ``("tensor", Parameter)``, with options
+3x3), ``("conv", nn.Conv2d)``, ``("bn", BatchNorm2d)``, ``("tensor", Parameter)``,
+``("conv+bnpart", nn.Conv2d)`` (a conv-BN source into a plain conv and rows ``opts["bn_part"] = (k, g)``
+of the shared BN ``opts["bn"]``: darknet's per-path BN of a CSP stage), with options
 ``part=(k, g)`` (fill rows ``k/g`` of the destination: grouped convs built from g official convs) and
 ``perm=[widths]`` (the source concatenates its input blocks in reverse order: reorder the input
 channels of the weight). BN ``eps`` differences are compensated exactly by rescaling gamma.
@@ -209,6 +211,12 @@ def transfer(slots: list[tuple], units: list[Src], path: str, dry_run: bool = Fa
                 _put(m.weight, _permute_in(u.t["weight"], perm), part, where + ".weight")
                 if m.bias is not None:
                     _put(m.bias, u.t.get("bias", torch.zeros(m.out_channels)), part, where + ".bias")
+            elif kind == "conv+bnpart":  # conv-BN source -> our plain conv + rows ``bn_part`` of a shared BN
+                u = cur.take(name)
+                if u.kind != "conv" or "bn.weight" not in u.t:
+                    raise ConvertError(f"{where}: expected a convolution with batch norm, found {u.name}")
+                _put(m.weight, _permute_in(u.t["weight"], perm), part, where + ".weight")
+                _set_bn(opts["bn"], u, opts["bn_part"], where)
             elif kind == "bn":
                 u = cur.take(name)
                 if u.kind != "bn":

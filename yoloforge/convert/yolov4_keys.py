@@ -3,7 +3,8 @@
 * ``yolov4-large`` branch ``.pt`` (P5/P6/P7, and its ``yolov4-csp.yaml``): a yaml graph ``model.<i>``
   of ``Conv``, ``BottleneckCSP`` (cv1, cv2, cv3, cv4, bn, m), ``BottleneckCSP2`` (cv1, cv2, cv3, bn, m),
   ``SPPCSP`` (cv1..cv6, bn, cv7), ``Detect``; ``mish_cuda.MishCuda`` is only a class name here (stub).
-* darknet ``yolov4-tiny.cfg``: conv layers in cfg order (see :func:`tiny_slots`).
+* darknet ``yolov4-tiny.cfg`` and ``yolov4-csp.cfg``: conv layers in cfg order (see :func:`tiny_slots`,
+  :func:`csp_darknet_slots`).
 """
 from __future__ import annotations
 
@@ -53,6 +54,48 @@ def large_slots(model) -> list:
         slots += slots_of(nk.down[i - 1], f"neck.down.{i - 1}") + _csp2(nk.bu[i - 1], f"neck.bu.{i - 1}")
         slots += slots_of(nk.out[i], f"neck.out.{i}")
     return slots + slots_of(model.head.m, "head.m")
+
+
+def csp_darknet_slots(model) -> list:
+    """darknet ``yolov4-csp.cfg`` conv order for ``YOLOv4("csp", darknet_neck=True)``.
+
+    Backbone CSP stage: down-sampling conv, the cross-stage path (``cv2`` with its own BN, which is
+    our concat BN's second half), ``cv1``, the residual units, the transition (``cv3`` + first half),
+    ``cv4``. SPPCSP: ``cv2``, ``cv1``, ``cv3``, ``cv4``, ``cv5`` (its route lists the pools 13, 9, 5
+    before their input: reversed), ``cv6``, ``cv7``. CSP2: ``cv1``, ``cv2``, the units, ``cv3``.
+    Each output conv is followed by its ``[yolo]`` conv."""
+    bb, nk, m = model.backbone, model.neck, model.head.m
+
+    def csp(b, name):
+        return ([("conv+bnpart", b.cv2, f"{name}.cv2", dict(bn=b.bn, bn_part=(1, 2)))] + slots_of(b.cv1, f"{name}.cv1")
+                + slots_of(b.m, f"{name}.m")
+                + [("conv+bnpart", b.cv3, f"{name}.cv3", dict(bn=b.bn, bn_part=(0, 2)))]
+                + slots_of(b.cv4, f"{name}.cv4"))
+
+    def csp2(b, name):
+        return (slots_of(b.cv1, f"{name}.cv1") + slots_of(b.cv2, f"{name}.cv2") + slots_of(b.m, f"{name}.m")
+                + slots_of(b.cv3, f"{name}.cv3"))
+
+    from yoloforge.models.yolov4_blocks import BottleneckCSP
+
+    slots = slots_of(bb.stem, "backbone.stem")
+    for i, (down, body) in enumerate(bb.stages):
+        slots += slots_of(down, f"backbone.stages.{i}.0")
+        slots += csp(body, f"backbone.stages.{i}.1") if isinstance(body, BottleneckCSP) else slots_of(
+            body, f"backbone.stages.{i}.1")
+    s = nk.spp
+    c_ = s.cv1.conv.out_channels
+    slots += sum((slots_of(getattr(s, n), f"neck.spp.{n}") for n in ("cv2", "cv1", "cv3", "cv4")), [])
+    slots += slots_of(s.cv5, "neck.spp.cv5", perm=[c_] * (len(s.pools) + 1))
+    slots += slots_of(s.cv6, "neck.spp.cv6") + slots_of(s.cv7, "neck.spp.cv7")
+    for i in range(len(nk.td) - 1, -1, -1):
+        slots += slots_of(nk.reduce[i], f"neck.reduce.{i}") + slots_of(nk.lateral[i], f"neck.lateral.{i}")
+        slots += csp2(nk.td[i], f"neck.td.{i}")
+    slots += slots_of(nk.out[0], "neck.out.0") + slots_of(m[0], "head.m.0")
+    for i in range(1, len(nk.out)):
+        slots += slots_of(nk.down[i - 1], f"neck.down.{i - 1}") + csp2(nk.bu[i - 1], f"neck.bu.{i - 1}")
+        slots += slots_of(nk.out[i], f"neck.out.{i}") + slots_of(m[i], f"head.m.{i}")
+    return slots
 
 
 def tiny_slots(model) -> list:

@@ -123,20 +123,21 @@ class CSPPAN(nn.Module):
     """CSP-PAN with SPPCSP on the top level. ``in_channels``: backbone maps P3 .. Ptop.
     Returns per level the 3x3 output conv maps (twice the neck width) for the head."""
 
-    def __init__(self, in_channels, n: int, width: float = 1.0, act="mish", dropblock: float = 0.0):
+    def __init__(self, in_channels, n: int, width: float = 1.0, act="mish", dropblock: float = 0.0,
+                 darknet: bool = False):
         super().__init__()
         nl = len(in_channels)
         self.drop = DropBlock2d(dropblock) if dropblock > 0 else nn.Identity()  # after each CSP block
         w = [scale_width(c, width) for c in NECK_CHANNELS[:nl]]
-        self.spp = SPPCSP(in_channels[-1], w[-1], act=act)
+        self.spp = SPPCSP(in_channels[-1], w[-1], act=act, darknet=darknet)
         # top-down: for level i (from nl-2 down to 0) reduce the level above to w[i], lateral to w[i]
         self.reduce = nn.ModuleList(ConvBNAct(w[i + 1], w[i], 1, 1, act=act) for i in range(nl - 1))
         self.lateral = nn.ModuleList(ConvBNAct(in_channels[i], w[i], 1, 1, act=act) for i in range(nl - 1))
-        self.td = nn.ModuleList(BottleneckCSP2(2 * w[i], w[i], n, act=act) for i in range(nl - 1))
+        self.td = nn.ModuleList(BottleneckCSP2(2 * w[i], w[i], n, act=act, darknet=darknet) for i in range(nl - 1))
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
         # bottom-up: level i (1 .. nl-1) gets a stride-2 conv from level i-1
         self.down = nn.ModuleList(ConvBNAct(w[i - 1], w[i], 3, 2, act=act) for i in range(1, nl))
-        self.bu = nn.ModuleList(BottleneckCSP2(2 * w[i], w[i], n, act=act) for i in range(1, nl))
+        self.bu = nn.ModuleList(BottleneckCSP2(2 * w[i], w[i], n, act=act, darknet=darknet) for i in range(1, nl))
         self.out = nn.ModuleList(ConvBNAct(c, 2 * c, 3, 1, act=act) for c in w)
         self.out_channels = [2 * c for c in w]
 
@@ -203,14 +204,17 @@ class YOLOv4(DetectionModel):
     anchors (per level, pixels, e.g. after an autoanchor run); ``width_scale`` multiplies the
     variant's channel multiple (compound scaling of the width, Sec. 3; 1.0 = the official model).
     ``dropblock`` (drop probability, 0 = off) and ``sam`` switch on the YOLOv4 DropBlock and SAM
-    (see the module docstring); the defaults build the official model.
+    (see the module docstring); the defaults build the official model. ``darknet_neck=True`` builds
+    the CSP-PAN as darknet ``cfg/yolov4-csp.cfg`` lays it out (see
+    :func:`~.yolov4_blocks._partial_transition`): the model that darknet ``.weights`` and the
+    ScaledYOLOv4 ``yolov4-csp`` branch hold.
     """
 
     family = "yolov4"
     default_hyp = "yolov4"
 
     def __init__(self, variant: str = "csp", nc: int = 80, name: str | None = None, anchors=None,
-                 width_scale: float = 1.0, dropblock: float = 0.0, sam: bool = False):
+                 width_scale: float = 1.0, dropblock: float = 0.0, sam: bool = False, darknet_neck: bool = False):
         if variant != "tiny" and variant not in VARIANTS:
             raise ValueError(f"unknown YOLOv4 variant {variant!r}; known: {', '.join([*VARIANTS, 'tiny'])}")
         if variant == "tiny" and width_scale != 1.0:
@@ -224,6 +228,10 @@ class YOLOv4(DetectionModel):
             kw["dropblock"] = float(dropblock)
         if sam:
             kw["sam"] = True
+        if darknet_neck:
+            if variant == "tiny":
+                raise ValueError("darknet_neck applies to the CSP-PAN models (csp, p5, p6, p7), not yolov4-tiny")
+            kw["darknet_neck"] = True
         if variant == "tiny":
             strides, default_anchors, imgsz = (16, 32), ANCHORS_TINY, 416
         else:
@@ -242,7 +250,7 @@ class YOLOv4(DetectionModel):
         else:
             width = spec.width * width_scale
             self.backbone = CSPDarknet(spec.repeats, spec.plain_first, width)
-            self.neck = CSPPAN(self.backbone.out_channels, spec.neck_n, width, dropblock=dropblock)
+            self.neck = CSPPAN(self.backbone.out_channels, spec.neck_n, width, dropblock=dropblock, darknet=darknet_neck)
             self.drop = nn.Identity()  # the CSP-PAN holds the DropBlock
             decode, scale_xy = "scaled", 1.0
         self.sam = nn.ModuleList(SpatialAttention(c) for c in self.neck.out_channels) if sam else None

@@ -98,6 +98,23 @@ class BottleneckCSP(nn.Module):
         return self
 
 
+def _partial_transition(block: nn.Module, c_in: int, c_: int, act, darknet: bool) -> None:
+    """The second path ``cv2`` and the normalization of ``cat(path 1, cv2(x))`` of a neck CSP block.
+
+    ScaledYOLOv4 ``yolov4-large`` (yaml models): a plain 1x1 ``cv2`` and ``act(BN(cat))``, so the
+    output of path 1 (already conv-BN-Mish) is normalized and activated a second time.
+    ``darknet=True`` -- the layout of darknet ``cfg/yolov4-csp.cfg`` (= ScaledYOLOv4 branch
+    ``yolov4-csp`` ``models/yolov4-csp.cfg``): ``cv2`` is conv-BN-Mish of its own and the
+    concatenation goes straight into the next conv (a ``[route] -1,-k`` then ``[convolutional]``)."""
+    if darknet:
+        block.cv2 = ConvBNAct(c_in, c_, 1, 1, act=act)
+        block.bn, block.act = nn.Identity(), nn.Identity()
+    else:
+        block.cv2 = nn.Conv2d(c_in, c_, 1, 1, bias=False)
+        block.bn = _bn(2 * c_)
+        block.act = make_act(act)
+
+
 def fuse_concat_bn(block: nn.Module) -> nn.Module:
     """Fold the BN that follows the CSP concat ``cat(post(y1), cv2(x))``: its second half into the plain conv
     ``cv2``, its first half (after an activation, so not foldable) into a per-channel affine ``post``."""
@@ -117,15 +134,13 @@ class BottleneckCSP2(nn.Module):
     other a plain 1x1 ``cv2`` of ``x1``; ``act(BN(cat))`` then 1x1 ``cv3``. The BN slice after the
     bottleneck stack becomes a :class:`ChannelAffine` on fuse, the other slice folds into ``cv2``."""
 
-    def __init__(self, c1: int, c2: int, n: int = 1, act="mish"):
+    def __init__(self, c1: int, c2: int, n: int = 1, act="mish", darknet: bool = False):
         super().__init__()
         c_ = c2
         self.cv1 = ConvBNAct(c1, c_, 1, 1, act=act)
         self.m = nn.Sequential(*(DarknetBottleneck(c_, c_, False, 1.0, act) for _ in range(n)))
         self.post = nn.Identity()  # BN slice of the bottleneck path once fused
-        self.cv2 = nn.Conv2d(c_, c_, 1, 1, bias=False)
-        self.bn = _bn(2 * c_)
-        self.act = make_act(act)
+        _partial_transition(self, c_, c_, act, darknet)
         self.cv3 = ConvBNAct(2 * c_, c2, 1, 1, act=act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,7 +159,7 @@ class SPPCSP(nn.Module):
     1x1 and 3x3 convs; path 2: plain 1x1 of the input; ``act(BN(cat))`` and a 1x1 to ``c2``.
     Hidden width ``c_ = 2 * c2 * e`` (= ``c2`` for the default ``e = 0.5``)."""
 
-    def __init__(self, c1: int, c2: int, e: float = 0.5, k=(5, 9, 13), act="mish"):
+    def __init__(self, c1: int, c2: int, e: float = 0.5, k=(5, 9, 13), act="mish", darknet: bool = False):
         super().__init__()
         c_ = int(2 * c2 * e)
         self.cv1 = ConvBNAct(c1, c_, 1, 1, act=act)
@@ -154,9 +169,7 @@ class SPPCSP(nn.Module):
         self.cv5 = ConvBNAct(c_ * (len(k) + 1), c_, 1, 1, act=act)
         self.cv6 = ConvBNAct(c_, c_, 3, 1, act=act)
         self.post = nn.Identity()
-        self.cv2 = nn.Conv2d(c1, c_, 1, 1, bias=False)
-        self.bn = _bn(2 * c_)
-        self.act = make_act(act)
+        _partial_transition(self, c1, c_, act, darknet)
         self.cv7 = ConvBNAct(2 * c_, c2, 1, 1, act=act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
