@@ -245,3 +245,14 @@ def test_darknet_yolov4_csp_parity(tmp_path):
     bad.write_text(cfg.read_text().replace("new_coords=1", "new_coords=0"))
     with pytest.raises(ConvertError, match=r"unsupported \[yolo\] decode \(cfg line \d+\)"):
         load_official(w, cfg=bad)
+
+
+def test_yolov7_activation_decides_the_variant(files):
+    """yolov7-tiny and yolov7-tiny-silu have the same layer shapes: the activation class named in the
+    pickle decides, and a forced variant with the other activation is refused (never silently wrong)."""
+    from yoloforge.convert.official import read_checkpoint
+    from yoloforge.convert.yolov7_keys import describe
+
+    assert describe(read_checkpoint(files["v7"]))["acts"] == {"lrelu"}
+    with pytest.raises(ConvertError, match="yolov7-tiny-silu: activation silu, the checkpoint uses lrelu"):
+        load_official(files["v7"], variant="yolov7-tiny-silu")

@@ -96,12 +96,16 @@ def test_onnx_matches_torch_dynamic_batch(name, v6, v6_onnx, tmp_path):
     onnx.checker.check_model(onnx.load(str(path)))
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["images"] and [o.name for o in sess.get_outputs()] == ["output0"]
-    for b in (1, 3):  # one file, two batch sizes
-        x = images(b)
+    assert [d.dim_param for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim] == [
+        "batch", "", "height", "width"]
+    rect = torch.rand(2, 3, IMGSZ - 32, IMGSZ + 64, generator=torch.Generator().manual_seed(5))
+    for x in (images(1), images(3), rect):  # one file: two batch sizes, and a rectangle (dynamic H, W)
+        b = x.shape[0]
         ref = torch_out(model, x).numpy()
         got = sess.run(None, {"images": x.numpy()})[0]
         assert got.shape == ref.shape == (b, ref.shape[1], 4 + model.nc)
-        assert np.abs(got - ref).max() < TOL, f"{name} batch {b}: max |onnx - torch| = {np.abs(got - ref).max()}"
+        err = np.abs(got - ref).max()
+        assert err < TOL, f"{name} input {tuple(x.shape)}: max |onnx - torch| = {err}"
 
 
 def test_onnx_metadata(v6, v6_onnx):
@@ -162,8 +166,8 @@ def test_predictor_same_results_torch_and_backends(v6, v6_onnx, nms_case):
     img = (np.random.default_rng(0).random((100, 150, 3)) * 255).astype(np.uint8)
     runs = []
     torch_out(v6, images(1))
-    for m in (_FUSED[id(v6)], load_backend(v6_onnx), load_backend(nms_path)):
-        runs.append(Predictor(m, v6.names, imgsz=IMGSZ, conf=conf, iou=0.45, max_det=100)(img)[0])
+    for m in (_FUSED[id(v6)], load_backend(v6_onnx), load_backend(nms_path)):  # square canvas for all three
+        runs.append(Predictor(m, v6.names, imgsz=IMGSZ, conf=conf, iou=0.45, max_det=100, rect=False)(img)[0])
     assert len(runs[0]) > 0
     for r in runs[1:]:
         assert len(r) == len(runs[0]) and (r.classes == runs[0].classes).all()
@@ -251,3 +255,53 @@ def test_tensorrt_needs_cuda_message(v6_onnx):
         pytest.skip("CUDA and tensorrt are present: the guard does not fire")
     with pytest.raises(RuntimeError, match="TensorRT export needs a CUDA GPU and the tensorrt package: "):
         export_engine(v6_onnx)
+
+
+def test_rect_letterbox(v6, v6_onnx):
+    """Rectangular canvases: smallest stride multiple at the square letterbox's scale; the torch model and
+    a dynamic-H/W ONNX take them (same detections), a static-shape graph keeps the square."""
+    from yoloforge.engine.predictor import Predictor, preprocess, rect_shape
+
+    assert rect_shape((480, 640), 640, 32) == (480, 640) and rect_shape((427, 640), 640, 32) == (448, 640)
+    assert rect_shape((100, 150), IMGSZ, 32) == (96, 128) and rect_shape((1000, 10), 64, 32) == (64, 32)
+    img = np.full((100, 150, 3), 114, np.uint8)
+    img[20:60, 30:90] = 255  # a white box: its position must map back through the rectangle
+    x, rps = preprocess([img], IMGSZ, stride=32)
+    xs, rps_sq = preprocess([img], IMGSZ)
+    assert x.shape == (1, 3, 96, 128) and xs.shape == (1, 3, IMGSZ, IMGSZ)
+    assert rps[0][0] == rps_sq[0][0], "same scale as the square letterbox"
+    ys, xs_ = np.nonzero(x[0, 0] > 0.99)
+    (rx, ry), (px, py) = rps[0]
+    assert abs((xs_.min() - px) / rx - 30) <= 1 and abs((ys.max() + 1 - py) / ry - 60) <= 1
+    batch, _ = preprocess([img, img.transpose(1, 0, 2).copy()], IMGSZ, stride=32)  # landscape + portrait
+    assert batch.shape == (2, 3, IMGSZ, IMGSZ)
+
+    img = (np.random.default_rng(0).random((100, 150, 3)) * 255).astype(np.uint8)
+    best = torch_out(v6, torch.from_numpy(preprocess([img], IMGSZ, 32)[0]))[..., 4:].amax(-1).flatten().sort(
+        descending=True).values
+    conf = float((best[29] + best[30]) / 2)  # no score sits at the threshold
+    static = export_onnx(_FUSED[id(v6)], v6_onnx.parent / "static.onnx", imgsz=IMGSZ, simplify=False)
+    preds = {}
+    for key, m in (("torch", _FUSED[id(v6)]), ("onnx", load_backend(v6_onnx)), ("static", load_backend(static))):
+        p = Predictor(m, v6.names, imgsz=IMGSZ, conf=conf, iou=0.45)
+        preds[key] = (p.rect_stride, p(img)[0])
+    assert preds["torch"][0] == 32 and preds["onnx"][0] == 32 and preds["static"][0] is None
+    a, b = preds["torch"][1], preds["onnx"][1]
+    assert len(a) > 0 and len(a) == len(b) and (a.classes == b.classes).all()
+    np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+
+
+@pytest.mark.skipif(not HAS_OV, reason="openvino is not installed")
+def test_openvino_dynamic_hw_compiles_repeated_shapes(v6, v6_onnx, tmp_path):
+    """A dynamic-H/W IR compiles a static copy for a shape it meets twice; outputs do not change."""
+    from yoloforge.export.openvino import onnx_to_openvino
+
+    ir = onnx_to_openvino(v6_onnx, tmp_path / "ir")
+    b = load_backend(ir)
+    assert b.dynamic_hw and b.fixed_batch is None
+    x = torch.rand(1, 3, IMGSZ - 32, IMGSZ, generator=torch.Generator().manual_seed(2))
+    outs = [b(x) for _ in range(3)]
+    assert list(b._static) == [tuple(x.shape)]
+    ref = torch_out(v6, x)
+    for o in outs:
+        assert (o - ref).abs().max().item() < TOL

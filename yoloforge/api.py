@@ -123,22 +123,24 @@ class Detector:
 
     def predict(self, source, stream: bool = False, imgsz: int | None = None, conf: float = 0.25,
                 iou: float = 0.45, max_det: int = 300, classes: list[int] | None = None, batch: int = 1,
-                nms: str = "iou", backend: str = "torch"):
+                nms: str = "iou", backend: str = "torch", rect: bool = True):
         """Results for every image/frame of ``source``; a generator when ``stream`` (use it for videos).
 
         ``backend``: ``"torch"`` (the fused model), ``"auto"`` (on a CPU the fastest runtime installed:
         OpenVINO, else ONNX Runtime, else torch; exported once and cached beside the weights), or a runtime
-        name (``"onnxruntime"``, ``"openvino"``).
+        name (``"onnxruntime"``, ``"openvino"``). ``rect``: letterbox to the smallest stride-multiple
+        rectangle instead of the square where the runtime takes any size (same boxes, fewer pixels).
         """
-        return self.predictor(imgsz, conf, iou, max_det, classes, batch, nms, backend)(source, stream=stream)
+        return self.predictor(imgsz, conf, iou, max_det, classes, batch, nms, backend, rect)(source, stream=stream)
 
     def predictor(self, imgsz=None, conf=0.25, iou=0.45, max_det=300, classes=None, batch=1, nms="iou",
-                  backend: str = "torch"):
+                  backend: str = "torch", rect: bool = True):
         from yoloforge.engine.predictor import Predictor
 
         model = self.runtime(backend, imgsz)
         return Predictor(model, self.names, imgsz=imgsz or getattr(model, "imgsz", None) or self.imgsz, conf=conf,
-                         iou=iou, max_det=max_det, classes=classes, batch=batch, device=self.device, nms_kind=nms)
+                         iou=iou, max_det=max_det, classes=classes, batch=batch, device=self.device, nms_kind=nms,
+                         rect=rect)
 
     def runtime(self, backend: str = "torch", imgsz: int | None = None):
         """The callable that runs the model: the fused torch module or an exported runtime."""

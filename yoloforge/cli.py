@@ -92,7 +92,7 @@ def cmd_predict(a) -> int:
     det = Detector(a.weights, device=a.device, cfg=a.cfg)
     classes = [int(c) for c in a.classes.split(",")] if a.classes else None
     pred = det.predictor(a.imgsz, 0.25 if a.conf is None else a.conf, 0.45 if a.iou is None else a.iou,
-                         a.max_det, classes, a.batch, a.nms, backend=a.backend)
+                         a.max_det, classes, a.batch, a.nms, backend=a.backend, rect=not a.no_rect)
     save_dir = next_run_dir(a.project or "runs/predict", a.name, False)
     r = pred.predict_to_dir(a.source, save_dir, save_img=not a.no_save, save_txt=a.save_txt, save_json=a.save_json)
     s = r["speed_ms"]
@@ -178,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-txt", action="store_true", help="also write YOLO txt labels")
     p.add_argument("--save-json", action="store_true", help="also write a COCO results json")
     p.add_argument("--no-save", action="store_true", help="do not write annotated images")
+    p.add_argument("--no-rect", action="store_true",
+                   help="letterbox to the square imgsz (default: the smallest stride-multiple rectangle)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
                    help="auto: on a CPU the fastest installed runtime (exported once, cached beside the weights)")
 
@@ -185,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True)
     p.add_argument("--format", default="onnx", choices=["onnx", "openvino", "engine"])
     p.add_argument("--imgsz", type=int, default=None, help="input size (default: the training size)")
-    p.add_argument("--dynamic", action="store_true", help="dynamic batch axis")
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch axis (and height/width when exported without --nms)")
     p.add_argument("--half", action="store_true", help="fp16 weights")
     p.add_argument("--nms", action="store_true", help="NonMaxSuppression inside the graph (final boxes out)")
     p.add_argument("--conf", type=float, default=0.25, help="with --nms: confidence threshold baked in")

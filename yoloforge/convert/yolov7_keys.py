@@ -19,7 +19,7 @@ from .units import ConvertError, official_units, slots_of, transfer
 
 HEADS = ("IDetect", "IAuxDetect", "Detect", "IKeypoint", "IBin")
 # try order: cheap first; the first variant whose every shape fits wins
-VARIANT_ORDER = ("yolov7-tiny", "yolov7", "yolov7x", "yolov7-w6", "yolov7-e6", "yolov7-d6", "yolov7-e6e")
+VARIANT_ORDER = ("yolov7-tiny", "yolov7-tiny-silu", "yolov7", "yolov7x", "yolov7-w6", "yolov7-e6", "yolov7-d6", "yolov7-e6e")
 
 
 def is_yolov7(raw) -> bool:
@@ -125,8 +125,14 @@ def describe(raw) -> dict:
         pixels = anchors.float() * torch.as_tensor(stride, dtype=torch.float32).view(-1, 1, 1)
     else:
         raise ConvertError(f"{raw.path}: yolov7 head {head} has neither anchor_grid nor stride")
-    return dict(head=head, implicit=implicit, aux=aux, nc=no - 5, anchors=pixels, stride=stride,
+    acts = {ACTS[c.rsplit(".", 1)[-1]] for c in raw.classes.values() if c.rsplit(".", 1)[-1] in ACTS}
+    return dict(head=head, implicit=implicit, aux=aux, nc=no - 5, anchors=pixels, stride=stride, acts=acts,
                 head_type=head_cls, fused=("RepConv+BN fused" if fused_rep or fused_bn else "unfused"))
+
+
+# activation module classes of the official Conv -> our spec names (a whole-module pickle names them;
+# a plain state dict does not, and then only the layer shapes and the yaml name decide)
+ACTS = {"SiLU": "silu", "LeakyReLU": "lrelu", "ReLU": "relu", "Hardswish": "hardswish", "Mish": "mish"}
 
 
 def build(raw, info: dict, variant: str | None = None):
@@ -143,6 +149,9 @@ def build(raw, info: dict, variant: str | None = None):
         if len(probe.spec.strides) != info["anchors"].shape[0]:
             continue
         if info["aux"] and probe.aux_head is None:
+            continue
+        if info.get("acts") and info["acts"] != {probe.spec.act}:
+            errors.append(f"{v}: activation {probe.spec.act}, the checkpoint uses {'/'.join(sorted(info['acts']))}")
             continue
         try:
             transfer(model_slots(probe, info["implicit"], info["aux"]), units, raw.path)
@@ -161,6 +170,10 @@ def build(raw, info: dict, variant: str | None = None):
                 model.aux_head.anchors.copy_(model.head.anchors)
         if model.aux_head is not None and not info["aux"]:
             info.setdefault("notes", []).append("deploy checkpoint: the auxiliary head (training only) starts fresh")
+        if not info.get("acts") and v.startswith("yolov7-tiny") and not variant:
+            info.setdefault("notes", []).append(
+                f"the checkpoint does not name its activation: assumed {v} (pass --variant yolov7-tiny-silu "
+                "or yolov7-tiny to choose)")
         if v == "yolov7-e6e" and info["aux"]:
             info.setdefault("notes", []).append("e6e aux head: ours reads the merged E-ELAN outputs (official: branch 2)")
         return model, v

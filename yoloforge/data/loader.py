@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 
 import numpy as np
 import torch
@@ -75,4 +76,20 @@ def build_dataloader(dataset, batch_size: int, workers: int = 8, shuffle: bool =
     g.manual_seed(seed + rank)
     return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(inner, dataset), num_workers=nw,
                       collate_fn=collate, pin_memory=torch.cuda.is_available(), drop_last=drop_last,
-                      persistent_workers=nw > 0, worker_init_fn=_worker_init, generator=g)
+                      persistent_workers=nw > 0, worker_init_fn=_worker_init, generator=g,
+                      multiprocessing_context=_worker_context(nw))
+
+
+def _worker_context(nw: int):
+    """``forkserver`` once OpenVINO or ONNX Runtime is loaded in this process, else the default (fork).
+
+    Their thread pools (TBB / OpenMP) keep running threads; a ``fork`` copies their locked mutexes into
+    the child, where nothing will ever unlock them (a hang or a crash in the worker). Validating an
+    exported model with loader workers (``yoloforge val --weights m.onnx``, ``benchmark --data``) is
+    exactly that case. forkserver starts workers from a clean single-threaded server instead."""
+    if nw > 0 and any(m in sys.modules for m in ("openvino", "onnxruntime")):
+        import multiprocessing as mp
+
+        if "forkserver" in mp.get_all_start_methods():
+            return mp.get_context("forkserver")
+    return None

@@ -1,7 +1,10 @@
 """Prediction on images, folders, globs, lists and videos.
 
-Preprocessing is the square letterbox used by training and validation (the same everywhere, so a
-model gives the same boxes in every mode and format). Frames stream through a generator: a long
+Preprocessing is the letterbox used by training and validation, at the same scale everywhere; for
+a model that takes any input size (torch, or an export with dynamic height/width) the canvas is the
+smallest stride-multiple rectangle instead of the square (``rect=True``, the default): a 4:3 photo
+at 640 runs at 480x640, a quarter fewer pixels, at the same scale (boxes agree to a pixel; scores
+near the edges can move a little, the padding the convolutions see is different). Frames stream through a generator: a long
 video never accumulates results in memory unless the caller keeps them.
 """
 from __future__ import annotations
@@ -114,14 +117,31 @@ def iter_source(source) -> Iterator[tuple[str, np.ndarray, int | None]]:
         yield s, img, None
 
 
-def preprocess(imgs: list[np.ndarray], imgsz: int) -> tuple[np.ndarray, list]:
-    """Letterbox BGR images to a float32 RGB NCHW batch in [0, 1]; also the (ratio, pad) of each."""
+def rect_shape(hw: tuple[int, int], imgsz: int, stride: int) -> tuple[int, int]:
+    """(H, W) of the smallest ``stride``-multiple canvas holding an image of ``hw`` scaled so that its long
+    side is ``imgsz`` (the rectangular letterbox: a 4:3 photo at 640 becomes 480x640, not 640x640)."""
+    h0, w0 = hw
+    r = imgsz / max(h0, w0)
+    h, w = max(1, int(round(h0 * r))), max(1, int(round(w0 * r)))
+    return min(h + (-h) % stride, imgsz), min(w + (-w) % stride, imgsz)
+
+
+def preprocess(imgs: list[np.ndarray], imgsz: int, stride: int | None = None) -> tuple[np.ndarray, list]:
+    """Letterbox BGR images to a float32 RGB NCHW batch in [0, 1]; also the (ratio, pad) of each.
+
+    Square ``imgsz`` canvases by default (training and validation use them). With ``stride`` (a model
+    that takes any multiple of it), the canvas of the batch is the smallest rectangle holding every
+    image at the same scale as the square letterbox would use: same boxes, fewer pixels to run."""
     from yoloforge.data.augment import letterbox
 
-    out = np.empty((len(imgs), 3, imgsz, imgsz), np.float32)
+    shape = (imgsz, imgsz)
+    if stride:
+        shapes = [rect_shape(img.shape[:2], imgsz, stride) for img in imgs]
+        shape = (max(s[0] for s in shapes), max(s[1] for s in shapes))
+    out = np.empty((len(imgs), 3, *shape), np.float32)
     rps = []
     for k, img in enumerate(imgs):
-        lb, ratio, pad = letterbox(img, imgsz)
+        lb, ratio, pad = letterbox(img, shape)
         out[k] = lb[:, :, ::-1].transpose(2, 0, 1)
         rps.append((ratio, pad))
     out *= 1 / 255.0
@@ -133,11 +153,16 @@ class Predictor:
 
     def __init__(self, model, names: list[str], imgsz: int = 640, conf: float = 0.25, iou: float = 0.45,
                  max_det: int = 300, classes: list[int] | None = None, batch: int = 1, device="cpu",
-                 agnostic: bool = False, nms_kind: str = "iou"):
+                 agnostic: bool = False, nms_kind: str = "iou", rect: bool = True):
+        from yoloforge.export.runtime import max_stride
+
         if isinstance(model, torch.nn.Module):
             model = model.to(device).eval()
             if not getattr(model, "fused", False):
                 model.fuse()
+            self.rect_stride = max_stride(model) if rect else None
+        else:  # a runtime backend: rectangles only where its graph takes any height/width
+            self.rect_stride = int(model.stride) if rect and getattr(model, "dynamic_hw", False) else None
         self.model, self.names, self.imgsz = model, list(names), int(imgsz)
         self.conf, self.iou, self.max_det, self.classes = conf, iou, max_det, classes
         self.batch, self.device, self.agnostic, self.nms_kind = max(int(batch), 1), torch.device(device), agnostic, nms_kind
@@ -145,7 +170,7 @@ class Predictor:
     @torch.inference_mode()
     def _run_batch(self, items) -> list[Results]:
         t0 = time.perf_counter()
-        x, rps = preprocess([it[1] for it in items], self.imgsz)
+        x, rps = preprocess([it[1] for it in items], self.imgsz, self.rect_stride)
         xt = torch.from_numpy(x)
         if isinstance(self.model, torch.nn.Module):
             xt = xt.to(self.device)

@@ -2,8 +2,10 @@
 
 The exported graph is the *fused* (deploy) model:
 
-* input ``images``: float32 ``(B, 3, H, W)``, RGB in [0, 1], letterboxed square ``imgsz`` (the same
+* input ``images``: float32 ``(B, 3, H, W)``, RGB in [0, 1], letterboxed to ``imgsz`` (the same
   preprocessing as :func:`yoloforge.engine.predictor.preprocess`, so results match PyTorch);
+  ``dynamic=True`` makes the batch dynamic, and without NMS also H and W (any multiple of the
+  model's largest stride: the predictor then feeds rectangles, e.g. 640x480 for a 4:3 photo);
 * output ``output0``: float32 ``(B, N, 4 + nc)``, xyxy input pixels then class scores in [0, 1].
 
 With ``nms=True`` the graph ends with the standard ONNX ``NonMaxSuppression`` op (runs in ONNX
@@ -179,7 +181,12 @@ def to_onnx_proto(model: nn.Module, imgsz: int = 640, dynamic: bool = False, hal
     # trace with batch 2 when the batch is dynamic: nothing may specialize on a batch of 1
     x = torch.zeros(2 if dynamic else max(int(batch), 1), 3, imgsz, imgsz)
     outs = list(OUTPUTS_NMS if nms else OUTPUTS_RAW)
-    axes = {k: {0: "batch"} for k in ["images", *outs]} if dynamic else None
+    axes = None
+    if dynamic:  # batch always; height/width too without NMS (the NMS tail pads to max_det for one size)
+        axes = {k: {0: "batch"} for k in ["images", *outs]}
+        if not nms:
+            axes["images"].update({2: "height", 3: "width"})
+            axes["output0"][1] = "anchors"
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")

@@ -56,6 +56,12 @@ def physical_cores() -> int:
     return max(1, min(avail, round(avail * n / logical) if logical > n else avail))
 
 
+def max_stride(model, default: int = 32) -> int:
+    """Largest output stride of a detector module (input sizes must be multiples of it)."""
+    st = getattr(model, "stride", None)
+    return int(max(torch.as_tensor(st).flatten().tolist())) if st is not None and len(st) else default
+
+
 def _as_numpy(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().float().numpy()
@@ -78,7 +84,8 @@ def nms_outputs_to_pred(num, boxes, scores, classes, nc: int) -> torch.Tensor:
 
 class Backend:
     """Common interface: ``kind``, ``path``, ``meta``, ``names``, ``nc``, ``imgsz``, ``nms_in_graph``,
-    ``__call__(x) -> torch.Tensor (B, N, 4 + nc)``, ``outputs(x) -> list of numpy arrays``."""
+    ``__call__(x) -> torch.Tensor (B, N, 4 + nc)``, ``outputs(x) -> list of numpy arrays``, and
+    ``dynamic_hw`` / ``stride``: whether any ``stride`` multiple is a valid height/width."""
 
     kind = ""
 
@@ -90,6 +97,8 @@ class Backend:
         self.imgsz = int(self.meta.get("imgsz") or 640)
         self.nms_in_graph = bool(self.meta.get("nms", False))
         self.fixed_batch: int | None = None  # static batch of the engine (None: dynamic)
+        self.dynamic_hw = False  # takes any height/width that is a multiple of ``stride`` (rectangular inputs)
+        self.stride = int(max(self.meta.get("stride") or [32]))
 
     def _run(self, x: np.ndarray) -> list[np.ndarray]:  # pragma: no cover - each backend overrides
         raise NotImplementedError
@@ -140,6 +149,8 @@ class TorchBackend(Backend):
             model, meta = load_model(path)
             meta = dict(meta, names=model.names, nc=model.nc)
         super().__init__(path, meta)
+        self.dynamic_hw = True
+        self.stride = max_stride(model)
         self.device = torch.device(device)
         self.model = (model if getattr(model, "fused", False) else model.fuse()).to(self.device).eval()
 
@@ -189,6 +200,7 @@ class OrtBackend(Backend):
                     "nc": out[-1] - 4 if isinstance(out[-1], int) else 0}
         super().__init__(path, meta)
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        self.dynamic_hw = not isinstance(inp.shape[2], int) and not isinstance(inp.shape[3], int)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
@@ -215,16 +227,43 @@ class OpenVINOBackend(Backend):
             core = ov.Core()
             model = core.read_model(str(xml))
             self.compiled = core.compile_model(model, dev, cfg)
+            self._core, self._model, self._dev, self._cfg = core, model, dev, cfg
         except Exception as e:
             raise CheckpointError(f"{xml}: not a loadable OpenVINO model ({type(e).__name__}: {str(e)[:200]})") from None
         super().__init__(xml, read_openvino_meta(xml))
         shape = model.inputs[0].get_partial_shape()
         self.fixed_batch = shape[0].get_length() if shape[0].is_static else None
+        self.dynamic_hw = shape[2].is_dynamic and shape[3].is_dynamic
         self.request = self.compiled.create_infer_request()
+        self._static: dict = {}  # input shape -> (compiled, request) of the model reshaped to it
+        self._seen: dict = {}
+
+    STATIC_AFTER, STATIC_MAX = 2, 16
+
+    def _request_for(self, shape: tuple):
+        """A dynamic-shape graph runs ~15 % slower than the same graph compiled for one input shape
+        (benchmarks/backend_latency.py): a shape met ``STATIC_AFTER`` times gets its own compiled copy
+        (~0.1-0.2 s once, for yolov6n), at most ``STATIC_MAX`` of them."""
+        hit = self._static.get(shape)
+        if hit is not None:
+            return hit
+        if self.dynamic_hw or self.fixed_batch is None:
+            n = self._seen[shape] = self._seen.get(shape, 0) + 1
+            if n >= self.STATIC_AFTER and len(self._static) < self.STATIC_MAX:
+                try:
+                    m = self._model.clone()
+                    m.reshape({0: list(shape)})
+                    compiled = self._core.compile_model(m, self._dev, self._cfg)
+                    self._static[shape] = (compiled, compiled.create_infer_request())
+                    return self._static[shape]
+                except Exception:  # keep the dynamic graph: correct, a bit slower
+                    self.STATIC_MAX = len(self._static)
+        return self.compiled, self.request
 
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
-        res = self.request.infer({0: x})
-        return [np.array(res[o]) for o in self.compiled.outputs]
+        compiled, request = self._request_for(tuple(x.shape))
+        res = request.infer({0: x})
+        return [np.array(res[o]) for o in compiled.outputs]
 
 
 def load_backend(path: str | Path, device: str = "cpu", **kw) -> Backend:
@@ -265,7 +304,7 @@ def best_cpu_backend(weights_path: str | Path, imgsz: int | None = None, cache_d
                      prefer: list[str] | None = None) -> tuple[Backend, str]:
     """The fastest CPU backend for ``weights_path`` (.safetensors) and a one-line message saying which.
 
-    The fused model is exported once (dynamic batch, no NMS) and cached under ``cache_dir`` (default:
+    The fused model is exported once (dynamic batch, height and width; no NMS) and cached under ``cache_dir`` (default:
     ``<weights dir>/<stem>_deploy/``) with the key ``<sha256 of the weights, 16 hex>_<imgsz>``; later
     calls reuse the cache. A runtime that fails to export or load falls back to the next one.
     """
@@ -275,7 +314,7 @@ def best_cpu_backend(weights_path: str | Path, imgsz: int | None = None, cache_d
     model, meta = load_model(weights_path)
     imgsz = int(imgsz or meta.get("imgsz") or 640)
     cache = Path(cache_dir) if cache_dir else weights_path.parent / f"{weights_path.stem}_deploy"
-    key = f"{file_hash(weights_path)}_{imgsz}"
+    key = f"{file_hash(weights_path)}_{imgsz}_hw"  # "_hw": dynamic batch, height and width
     extra = {"source_weights": weights_path.name, "source_sha256_16": key.split("_")[0]}
     errors = []
     for kind in prefer or available_kinds():

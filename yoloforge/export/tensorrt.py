@@ -66,10 +66,12 @@ def export_engine(onnx_path: str | Path, engine_path: str | Path | None = None, 
             config.set_flag(trt.BuilderFlag.FP16)
     inp = network.get_input(0)
     shape = tuple(inp.shape)
-    if shape[0] == -1:
+    if -1 in shape:  # dynamic batch (and maybe height/width): batch 1..max_batch at the export size
+        imgsz = int(read_onnx_meta(onnx_path).get("imgsz") or 640)
+        rest = tuple(imgsz if d == -1 else d for d in shape[1:])
         profile = builder.create_optimization_profile()
-        rest = shape[1:]
-        profile.set_shape(inp.name, (1, *rest), (max(max_batch // 2, 1), *rest), (max_batch, *rest))
+        b = (1, max(max_batch // 2, 1), max_batch) if shape[0] == -1 else (shape[0],) * 3
+        profile.set_shape(inp.name, (b[0], *rest), (b[1], *rest), (b[2], *rest))
         config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:

@@ -100,13 +100,14 @@ class AnchorHead(nn.Module):
 
     def _grid(self, h: int, w: int, i: int, device, dtype):
         key = (h, w, i, device, dtype)
-        g = self._grids.get(key)
+        g = None if torch.jit.is_tracing() else self._grids.get(key)  # export: sizes stay symbolic
         if g is None:
-            ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=dtype),
-                                    torch.arange(w, device=device, dtype=dtype), indexing="ij")
-            g = (torch.stack((xs, ys), -1).view(1, 1, h, w, 2),
+            ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
+                                    torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
+            g = (torch.stack((xs, ys), -1).view(1, 1, h, w, 2).to(dtype),
                  self.anchors[i].to(device, dtype).view(1, self.na, 1, 1, 2))
-            self._grids[key] = g
+            if not torch.jit.is_tracing():
+                self._grids[key] = g
         return g
 
     def decode(self, raw: list[torch.Tensor]) -> torch.Tensor:

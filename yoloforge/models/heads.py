@@ -18,6 +18,8 @@ import torch
 def _hw(f) -> tuple[int, int]:
     """(h, w) of a feature map tensor (..., H, W) or of an (h, w) pair."""
     if isinstance(f, torch.Tensor):
+        if torch.jit.is_tracing():  # keep the sizes symbolic: an export with dynamic height/width
+            return f.shape[-2], f.shape[-1]
         return int(f.shape[-2]), int(f.shape[-1])
     h, w = f
     return int(h), int(w)
@@ -37,6 +39,7 @@ def make_anchor_points(feats: Sequence, strides: Sequence[float], offset: float 
     if device is None:
         device = next((f.device for f in feats if isinstance(f, torch.Tensor)), torch.device("cpu"))
     points, stride_list = [], []
+    out_dtype, dtype = dtype, torch.float32  # built in fp32 (exact for any grid), cast at the end
     for f, s in zip(feats, strides):
         h, w = _hw(f)
         s = float(s)
@@ -44,10 +47,10 @@ def make_anchor_points(feats: Sequence, strides: Sequence[float], offset: float 
         ys = (torch.arange(h, device=device, dtype=dtype) + offset) * s
         gy, gx = torch.meshgrid(ys, xs, indexing="ij")
         points.append(torch.stack((gx, gy), -1).reshape(-1, 2))
-        stride_list.append(torch.full((h * w, 1), s, device=device, dtype=dtype))
+        stride_list.append(torch.ones_like(gx).reshape(-1, 1) * s)
     if not points:
-        return torch.zeros(0, 2, device=device, dtype=dtype), torch.zeros(0, 1, device=device, dtype=dtype)
-    return torch.cat(points), torch.cat(stride_list)
+        return torch.zeros(0, 2, device=device, dtype=out_dtype), torch.zeros(0, 1, device=device, dtype=out_dtype)
+    return torch.cat(points).to(out_dtype), torch.cat(stride_list).to(out_dtype)
 
 
 def make_atss_anchors(feats: Sequence, strides: Sequence[float], cell_size: float = 5.0, offset: float = 0.5,

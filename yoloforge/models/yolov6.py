@@ -217,6 +217,8 @@ class YOLOv6(DetectionModel):
     def anchor_points(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Cell-centre points (N, 2) px and strides (N, 1) for these feature shapes (cached)."""
         f0 = feats[0]
+        if torch.jit.is_tracing():  # export: built from the traced sizes, so height/width may be dynamic
+            return make_anchor_points(feats, STRIDES, 0.5, device=f0.device, dtype=f0.dtype)
         key = (tuple(tuple(f.shape[-2:]) for f in feats), f0.device, f0.dtype)
         if key not in self._anchor_cache:
             if len(self._anchor_cache) > 16:

@@ -212,6 +212,8 @@ YOLOV7_E6E = expand_cardinality(YOLOV7_E6, 2)
 #: variant name -> (spec, default hyper-parameter preset)
 SPECS: dict[str, tuple[YOLOv7Spec, str]] = {
     "yolov7-tiny": (YOLOV7_TINY, "tiny"),
+    # official cfg/deploy/yolov7-tiny-silu.yaml: the tiny layout with the default SiLU activation
+    "yolov7-tiny-silu": (replace(YOLOV7_TINY, act="silu"), "tiny"),
     "yolov7": (YOLOV7, "p5"),
     "yolov7x": (YOLOV7X, "p5"),
     "yolov7-w6": (YOLOV7_W6, "p6"),
