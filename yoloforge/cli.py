@@ -96,7 +96,9 @@ def cmd_predict(a) -> int:
     save_dir = next_run_dir(a.project or "runs/predict", a.name, False)
     r = pred.predict_to_dir(a.source, save_dir, save_img=not a.no_save, save_txt=a.save_txt, save_json=a.save_json)
     s = r["speed_ms"]
-    print(f"{r['images']} images, {r['detections']} detections; per image {s['pre']:.1f} ms pre, "
+    box = (f"rectangular letterbox (multiples of {pred.rect_stride})" if pred.rect_stride else
+           f"square {pred.imgsz} letterbox")
+    print(f"{r['images']} images, {r['detections']} detections, {box}; per image {s['pre']:.1f} ms pre, "
           f"{s['model']:.1f} ms model, {s['post']:.1f} ms post; results in {save_dir}")
     return 0
 
