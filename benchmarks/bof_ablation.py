@@ -1,7 +1,7 @@
 """Bag-of-freebies ablation: mAP with each YOLOv4 switch on vs off, same data, epochs and seed.
 
     python benchmarks/bof_ablation.py [--model yolov4-tiny] [--data shapes|path/to/data.yaml] [--epochs 10]
-                                      [--imgsz 160] [--switches all]
+                                      [--imgsz 160] [--switches all] [--seed 0]
 
 Every row trains from the same initialization (seed) for the same number of epochs; only the named
 switch differs from the baseline. Numbers at this scale are noisy: the table is reported as it comes,
@@ -40,7 +40,7 @@ SWITCHES = {
 
 def run(name: str, hyp: dict, kw: dict, a, data: Path, project: Path) -> list:
     cfg = TrainConfig(model=a.model, model_kw=kw, data=str(data), epochs=a.epochs, imgsz=a.imgsz, batch=a.batch,
-                      nbs=a.batch, workers=a.workers, project=str(project), name="run", exist_ok=True, seed=0,
+                      nbs=a.batch, workers=a.workers, project=str(project), name="run", exist_ok=True, seed=a.seed,
                       plots=False, verbose=False, close_mosaic=max(a.epochs // 5, 1), val_interval=a.epochs,
                       hyp_override=dict({"warmup_epochs": 1.0}, **hyp))
     t = time.time()
@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--switches", default="all", help="comma-separated names (prefixes) or 'all'")
+    ap.add_argument("--seed", type=int, default=0, help="rerun the baseline with other seeds to see the noise")
     a = ap.parse_args()
     data = shapes_data(n_train=200, n_val=50, imgsz=a.imgsz) if a.data == "shapes" else Path(a.data)
     names = list(SWITCHES) if a.switches == "all" else [n for n in SWITCHES
@@ -70,7 +71,7 @@ def main() -> None:
             print(table(["switch", "mAP50", "mAP50-95", "seconds"], rows[-1:]), flush=True)
     base = rows[0][1:3] if names and names[0].startswith("baseline") else None
     out = [r + ([r[1] - base[0], r[2] - base[1]] if base else []) for r in rows]
-    print(f"\n{a.model}, {a.epochs} epochs at {a.imgsz}, seed 0, data {a.data}")
+    print(f"\n{a.model}, {a.epochs} epochs at {a.imgsz}, seed {a.seed}, data {a.data}")
     print(table(["switch", "mAP50", "mAP50-95", "seconds"] + (["d mAP50", "d mAP50-95"] if base else []), out))
 
 
