@@ -45,6 +45,9 @@ import torch
 from _common import table
 
 HERE = Path(__file__).resolve().parent
+# idle before each measured model call in (a) and (b): ONNX Runtime's (and OpenMP's) worker threads keep
+# spinning after a run, and on 2 cores that slowed whichever runtime came next by up to 50 %
+SETTLE_S = 0.05
 COCO = Path("/work/shared/data/coco128")
 
 
@@ -138,6 +141,7 @@ def part_a(ul, rows, info, n, threads):
     x = torch.rand(1, 3, 640, 640)
     ours, theirs = [], {"yolov6n": [], "yolov8n": []}
     for r in range(n + 3):
+        time.sleep(SETTLE_S)
         with torch.inference_mode():
             t = time.perf_counter()
             fused(x)
@@ -176,6 +180,7 @@ def part_b(ul, rows, info, work, n):
     keys = list(fns)
     for r in range(n + 3):
         for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            time.sleep(SETTLE_S)
             t = time.perf_counter()
             fns[k].outputs(x)
             if r >= 3:

@@ -123,26 +123,29 @@ class Detector:
 
     def predict(self, source, stream: bool = False, imgsz: int | None = None, conf: float = 0.25,
                 iou: float = 0.45, max_det: int = 300, classes: list[int] | None = None, batch: int = 1,
-                nms: str = "iou", backend: str = "torch", rect: bool = True):
+                nms: str = "iou", backend: str = "torch", rect: bool = True, precision: str = "auto"):
         """Results for every image/frame of ``source``; a generator when ``stream`` (use it for videos).
 
         ``backend``: ``"torch"`` (the fused model), ``"auto"`` (on a CPU the fastest runtime installed:
         OpenVINO, else ONNX Runtime, else torch; exported once and cached beside the weights), or a runtime
         name (``"onnxruntime"``, ``"openvino"``). ``rect``: letterbox to the smallest stride-multiple
-        rectangle instead of the square where the runtime takes any size (same boxes, fewer pixels).
+        rectangle instead of the square where the runtime takes any size (same scale, fewer pixels).
+        ``precision`` (OpenVINO only): ``"auto"`` is the CPU's native precision (bf16 on AVX512-BF16/AMX
+        CPUs, about 1.8x faster, mAP within a few thousandths), ``"fp32"`` exact.
         """
-        return self.predictor(imgsz, conf, iou, max_det, classes, batch, nms, backend, rect)(source, stream=stream)
+        return self.predictor(imgsz, conf, iou, max_det, classes, batch, nms, backend, rect, precision)(
+            source, stream=stream)
 
     def predictor(self, imgsz=None, conf=0.25, iou=0.45, max_det=300, classes=None, batch=1, nms="iou",
-                  backend: str = "torch", rect: bool = True):
+                  backend: str = "torch", rect: bool = True, precision: str = "auto"):
         from yoloforge.engine.predictor import Predictor
 
-        model = self.runtime(backend, imgsz)
+        model = self.runtime(backend, imgsz, precision)
         return Predictor(model, self.names, imgsz=imgsz or getattr(model, "imgsz", None) or self.imgsz, conf=conf,
                          iou=iou, max_det=max_det, classes=classes, batch=batch, device=self.device, nms_kind=nms,
                          rect=rect)
 
-    def runtime(self, backend: str = "torch", imgsz: int | None = None):
+    def runtime(self, backend: str = "torch", imgsz: int | None = None, precision: str = "fp32"):
         """The callable that runs the model: the fused torch module or an exported runtime."""
         if self.backend is not None:
             return self.backend
@@ -153,7 +156,7 @@ class Detector:
         from yoloforge.export import best_cpu_backend
 
         prefer = None if backend == "auto" else [backend]
-        rt, msg = best_cpu_backend(self.weights, imgsz=imgsz or self.imgsz, prefer=prefer)
+        rt, msg = best_cpu_backend(self.weights, imgsz=imgsz or self.imgsz, prefer=prefer, precision=precision)
         LOG.info(msg)
         return rt
 

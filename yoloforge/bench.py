@@ -1,11 +1,11 @@
 """``yoloforge benchmark``: latency, throughput and (with ``--data``) mAP of one model in every format.
 
     yoloforge benchmark --model yolov6n --imgsz 640 [--weights W.safetensors] [--data data.yaml]
-                        [--batch 8] [--runs 20] [--formats torch,onnx,openvino,tensorrt]
+                        [--batch 8] [--runs 20] [--formats torch,onnx,openvino,openvino-bf16,tensorrt]
 
 Prints a markdown table (paste it into an issue as it is) with one row per format: the fused torch
-model, ONNX Runtime, OpenVINO and TensorRT. A format that cannot run here (not installed, no CUDA)
-keeps its row, saying why it was skipped. Latency is the model call only (float32 NCHW in,
+model, ONNX Runtime, OpenVINO (fp32, and bf16 where the CPU runs it natively) and TensorRT. A format
+that cannot run here (not installed, no CUDA, no native bf16) keeps its row, saying why it was skipped. Latency is the model call only (float32 NCHW in,
 ``(B, N, 4 + nc)`` out), ``--runs`` measured calls per batch size after ``--warmup`` unmeasured ones;
 the formats take turns inside each round (round-robin, rotating the start) so that machine noise hits
 all of them alike. Throughput is ``batch / p50``. The mAP columns come from ``Detector.val`` on the
@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-FORMATS = ("torch", "onnx", "openvino", "tensorrt")
+FORMATS = ("torch", "onnx", "openvino", "openvino-bf16", "tensorrt")
 ALIASES = {"pytorch": "torch", "onnxruntime": "onnx", "ort": "onnx", "ov": "openvino", "engine": "tensorrt",
-           "trt": "tensorrt"}
+           "trt": "tensorrt", "ov-bf16": "openvino-bf16"}
+SETTLE_S = 0.05  # idle time before each measured call (see measure())
 HEADERS = ["format", "runtime", "threads", "b1 p50 ms", "b1 p90 ms", "b1 img/s", "bB p50 ms", "bB p90 ms",
            "bB img/s", "mAP50-95", "mAP50", "note"]
 
@@ -172,20 +173,24 @@ def prepare(fmt: str, weights: Path, imgsz: int, workdir: Path, device: str):
 
         b = OrtBackend(onnx_path)
         intra = b.session.get_session_options().intra_op_num_threads
-        return b, Row("onnx", f"onnxruntime {ort.__version__} CPU", str(intra), note="fp32, dynamic batch"), onnx_path
-    if fmt == "openvino":
+        return b, Row("onnx", f"onnxruntime {ort.__version__} CPU", str(intra), note="fp32, dynamic batch/HW"), onnx_path
+    if fmt in ("openvino", "openvino-bf16"):
         from yoloforge.export.openvino import onnx_to_openvino, require_openvino
-        from yoloforge.export.runtime import OpenVINOBackend
+        from yoloforge.export.runtime import OpenVINOBackend, native_bf16
 
         ov = require_openvino()
-        ir = onnx_to_openvino(onnx_path, workdir / f"{weights.stem}_{imgsz}_openvino")
-        b = OpenVINOBackend(ir)
+        if fmt == "openvino-bf16" and not native_bf16():
+            raise RuntimeError("this CPU has no native bf16 (AVX512-BF16 or AMX)")
+        ir = workdir / f"{weights.stem}_{imgsz}_openvino"
+        if not (ir / "model.xml").is_file():
+            onnx_to_openvino(onnx_path, ir)
+        b = OpenVINOBackend(ir, precision="bf16" if fmt == "openvino-bf16" else "fp32")
         try:
             threads = str(b.compiled.get_property("INFERENCE_NUM_THREADS"))
         except Exception:  # noqa: BLE001 - property names differ across OpenVINO versions
             threads = "?"
-        return b, Row("openvino", f"openvino {ov.__version__.split('-')[0]} CPU", threads,
-                      note="fp32, LATENCY hint, dynamic batch"), ir
+        return b, Row(fmt, f"openvino {ov.__version__.split('-')[0]} CPU", threads,
+                      note=f"{b.precision}, LATENCY hint, dynamic batch/HW"), b
     if fmt == "tensorrt":
         from yoloforge.export.tensorrt import export_engine
 
@@ -197,8 +202,12 @@ def prepare(fmt: str, weights: Path, imgsz: int, workdir: Path, device: str):
     raise ValueError(fmt)
 
 
-def measure(fns: dict, batches: list[int], imgsz: int, runs: int, warmup: int) -> dict:
-    """{name: {batch: [seconds, ...]}}; each round calls every fn once, starting one later each round."""
+def measure(fns: dict, batches: list[int], imgsz: int, runs: int, warmup: int, settle: float = SETTLE_S) -> dict:
+    """{name: {batch: [seconds, ...]}}; each round calls every fn once, starting one later each round.
+
+    ``settle`` seconds of idle come before every measured call: ONNX Runtime's intra-op threads keep
+    spinning for a while after a run, and on a 2-core machine that stole ~50 % of the CPU from whichever
+    runtime came next (OpenVINO right after ONNX Runtime measured 90 ms instead of 60 ms)."""
     rng = np.random.default_rng(0)
     out = {k: {b: [] for b in batches} for k in fns}
     keys = list(fns)
@@ -206,6 +215,8 @@ def measure(fns: dict, batches: list[int], imgsz: int, runs: int, warmup: int) -
         x = rng.random((b, 3, imgsz, imgsz), dtype=np.float32)
         for r in range(warmup + runs):
             for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+                if settle:
+                    time.sleep(settle)
                 t = time.perf_counter()
                 fns[k](x)
                 if r >= warmup:
@@ -261,7 +272,12 @@ def benchmark(model: str = "yolov6n", imgsz: int = 640, weights: str | None = No
         for r in rows:
             if r.skipped or paths.get(r.fmt) is None:
                 continue
-            det = Detector(paths[r.fmt], device="cuda" if device.startswith("cuda") and r.fmt.startswith("torch") else "cpu")
+            path = paths[r.fmt]
+            if not isinstance(path, (str, Path)):  # a backend object (OpenVINO at its precision): validate it as is
+                det = Detector(path.path)
+                det.backend = path
+            else:
+                det = Detector(path, device="cuda" if device.startswith("cuda") and r.fmt.startswith("torch") else "cpu")
             m = det.val(data, split="val", imgsz=imgsz, batch=batch, workers=2, verbose=verbose)
             r.map, r.map50 = m.map, m.map50
         head.append(f"mAP on the val split of {data} (conf 0.001, iou 0.65)"
@@ -278,7 +294,7 @@ def add_parser(subparsers):
     p.add_argument("--batch", type=int, default=8, help="the larger batch size (batch 1 is always measured)")
     p.add_argument("--runs", type=int, default=20, help="measured calls per format and batch size")
     p.add_argument("--warmup", type=int, default=3, help="unmeasured calls first")
-    p.add_argument("--formats", default="torch,onnx,openvino,tensorrt", help="comma list of " + ",".join(FORMATS))
+    p.add_argument("--formats", default=",".join(FORMATS), help="comma list of " + ",".join(FORMATS))
     p.add_argument("--device", default="", help="cuda: torch on the GPU (TensorRT always needs one)")
     p.set_defaults(func=run)
     return p

@@ -92,7 +92,8 @@ def cmd_predict(a) -> int:
     det = Detector(a.weights, device=a.device, cfg=a.cfg)
     classes = [int(c) for c in a.classes.split(",")] if a.classes else None
     pred = det.predictor(a.imgsz, 0.25 if a.conf is None else a.conf, 0.45 if a.iou is None else a.iou,
-                         a.max_det, classes, a.batch, a.nms, backend=a.backend, rect=not a.no_rect)
+                         a.max_det, classes, a.batch, a.nms, backend=a.backend, rect=not a.no_rect,
+                         precision=a.precision)
     save_dir = next_run_dir(a.project or "runs/predict", a.name, False)
     r = pred.predict_to_dir(a.source, save_dir, save_img=not a.no_save, save_txt=a.save_txt, save_json=a.save_json)
     s = r["speed_ms"]
@@ -184,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="letterbox to the square imgsz (default: the smallest stride-multiple rectangle)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
                    help="auto: on a CPU the fastest installed runtime (exported once, cached beside the weights)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="OpenVINO inference precision; auto: the CPU's native one (bf16 on AVX512-BF16/AMX CPUs)")
 
     p = sub.add_parser("export", help="export the fused model to ONNX / OpenVINO / TensorRT")
     p.add_argument("--weights", required=True)
