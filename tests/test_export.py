@@ -305,3 +305,21 @@ def test_openvino_dynamic_hw_compiles_repeated_shapes(v6, v6_onnx, tmp_path):
     ref = torch_out(v6, x)
     for o in outs:
         assert (o - ref).abs().max().item() < TOL
+
+
+@pytest.mark.skipif(not HAS_OV, reason="openvino is not installed")
+def test_openvino_precision(v6, v6_onnx, tmp_path):
+    """fp32 by default (exact); "auto" is the CPU's native precision, and says which it compiled."""
+    from yoloforge.export.openvino import onnx_to_openvino
+    from yoloforge.export.runtime import OpenVINOBackend, native_bf16
+
+    ir = onnx_to_openvino(v6_onnx, tmp_path / "ir")
+    x = images(1)
+    ref = torch_out(v6, x)
+    exact, auto = OpenVINOBackend(ir), OpenVINOBackend(ir, precision="auto")
+    assert exact.precision == "fp32" and auto.precision == ("bf16" if native_bf16() else "fp32")
+    assert (exact(x) - ref).abs().max().item() < TOL
+    scale = ref.abs().max().item()
+    assert (auto(x) - ref).abs().max().item() < 0.05 * scale  # bf16: 8-bit mantissa
+    with pytest.raises(ValueError, match="precision must be one of"):
+        OpenVINOBackend(ir, precision="int4")
