@@ -32,8 +32,10 @@ class Detector:
     def __init__(self, model: str | Path = "yolov6n", nc: int = 80, names: list[str] | None = None, device: str = "",
                  cfg: str | Path | None = None):
         """``model``: a registered name (untrained), yoloforge ``.safetensors`` weights, an exported ``.onnx`` /
-        OpenVINO ``.xml``, or an official checkpoint (yolov7 / YOLOv6 / ScaledYOLOv4 ``.pt``, darknet
-        ``.weights`` with its ``cfg``), converted safely on the fly."""
+        OpenVINO ``.xml``, an already opened runtime (:class:`yoloforge.export.runtime.Backend`), or an
+        official checkpoint (yolov7 / YOLOv6 / ScaledYOLOv4 ``.pt``, darknet ``.weights`` with its ``cfg``),
+        converted safely on the fly."""
+        from yoloforge.export.runtime import Backend
         from yoloforge.models.registry import build_model
         from yoloforge.utils.checkpoint import load_model
 
@@ -41,11 +43,11 @@ class Detector:
         self.meta: dict = {}
         self.backend = None  # an exported model (ONNX / OpenVINO) run through yoloforge.export.runtime
         src = str(model)
-        if is_exported(src):
+        if isinstance(model, Backend) or is_exported(src):
             from yoloforge.export import load_backend
 
-            self.backend = load_backend(src)
-            self.model, self.meta, self.weights = None, dict(self.backend.meta), Path(src)
+            self.backend = model if isinstance(model, Backend) else load_backend(src)
+            self.model, self.meta, self.weights = None, dict(self.backend.meta), Path(self.backend.path)
         elif src.endswith(".safetensors"):
             self.model, self.meta = load_model(src)
             self.weights = Path(src)

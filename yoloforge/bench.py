@@ -138,7 +138,8 @@ class TensorRTRunner:
 
 
 def prepare(fmt: str, weights: Path, imgsz: int, workdir: Path, device: str):
-    """(callable on float NCHW, Row, path that ``Detector`` can open for mAP); raises to mark a skip."""
+    """(callable on float NCHW, Row, what ``Detector`` opens for mAP: weights or the backend itself); raises to
+    mark a skip."""
     from yoloforge.utils.checkpoint import load_model
 
     if fmt == "torch":
@@ -173,7 +174,7 @@ def prepare(fmt: str, weights: Path, imgsz: int, workdir: Path, device: str):
 
         b = OrtBackend(onnx_path)
         intra = b.session.get_session_options().intra_op_num_threads
-        return b, Row("onnx", f"onnxruntime {ort.__version__} CPU", str(intra), note="fp32, dynamic batch/HW"), onnx_path
+        return b, Row("onnx", f"onnxruntime {ort.__version__} CPU", str(intra), note="fp32, dynamic batch/HW"), b
     if fmt in ("openvino", "openvino-bf16"):
         from yoloforge.export.openvino import onnx_to_openvino, require_openvino
         from yoloforge.export.runtime import OpenVINOBackend, native_bf16
@@ -272,12 +273,8 @@ def benchmark(model: str = "yolov6n", imgsz: int = 640, weights: str | None = No
         for r in rows:
             if r.skipped or paths.get(r.fmt) is None:
                 continue
-            path = paths[r.fmt]
-            if not isinstance(path, (str, Path)):  # a backend object (OpenVINO at its precision): validate it as is
-                det = Detector(path.path)
-                det.backend = path
-            else:
-                det = Detector(path, device="cuda" if device.startswith("cuda") and r.fmt.startswith("torch") else "cpu")
+            # runtimes are validated through the very backend that was timed (OpenVINO at its precision)
+            det = Detector(paths[r.fmt], device="cuda" if device.startswith("cuda") and r.fmt.startswith("torch") else "cpu")
             m = det.val(data, split="val", imgsz=imgsz, batch=batch, workers=2, verbose=verbose)
             r.map, r.map50 = m.map, m.map50
         head.append(f"mAP on the val split of {data} (conf 0.001, iou 0.65)"
