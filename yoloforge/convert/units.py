@@ -78,6 +78,24 @@ def official_units(state: dict, classes: dict | None = None, attrs: dict | None 
     return units
 
 
+def detect_anchors(raw, head: str, family: str) -> tuple[torch.Tensor, list | None]:
+    """Anchors in pixels ``(nl, na, 2)`` and the strides of a YOLOv5-style ``Detect`` head (yolov7,
+    ScaledYOLOv4): its ``anchor_grid`` buffer, else its ``anchors`` (in strides) times the ``stride``
+    attribute of the head or of the model."""
+    anchors = raw.state.get(head + ".anchors")
+    if anchors is None:
+        raise ConvertError(f"{raw.path}: {family} head {head} has no anchors")
+    grid = raw.state.get(head + ".anchor_grid")
+    stride = raw.attrs.get(head, {}).get("stride")
+    if stride is None:
+        stride = raw.attrs.get("", {}).get("stride")
+    if grid is not None:
+        return grid.float().reshape(anchors.shape), stride
+    if stride is not None:
+        return anchors.float() * torch.as_tensor(stride, dtype=torch.float32).view(-1, 1, 1), stride
+    raise ConvertError(f"{raw.path}: {family} head {head} has neither anchor_grid nor stride")
+
+
 def conv_unit(name: str, weight, bias=None, bn: dict | None = None, eps: float = 1e-5) -> Src:
     """A unit built by hand (darknet): ``bn`` has weight/bias/running_mean/running_var."""
     t = {"weight": weight}

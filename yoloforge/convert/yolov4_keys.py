@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .units import ConvertError, official_units, slots_of, transfer
+from .units import ConvertError, detect_anchors, official_units, slots_of, transfer
 
 LARGE_CLASSES = ("BottleneckCSP", "BottleneckCSP2", "SPPCSP", "MishCuda")
 
@@ -120,20 +120,8 @@ def _head(raw) -> str:
 
 def describe(raw) -> dict:
     head = _head(raw)
-    anchors = raw.state.get(head + ".anchors")
-    if anchors is None:
-        raise ConvertError(f"{raw.path}: ScaledYOLOv4 head {head} has no anchors")
-    grid = raw.state.get(head + ".anchor_grid")
-    stride = raw.attrs.get(head, {}).get("stride")
-    if stride is None:
-        stride = raw.attrs.get("", {}).get("stride")
-    if grid is not None:
-        pixels = grid.float().reshape(anchors.shape)
-    elif stride is not None:
-        pixels = anchors.float() * torch.as_tensor(stride, dtype=torch.float32).view(-1, 1, 1)
-    else:
-        raise ConvertError(f"{raw.path}: ScaledYOLOv4 head {head} has neither anchor_grid nor stride")
-    na = anchors.shape[1]
+    pixels, _ = detect_anchors(raw, head, "ScaledYOLOv4")
+    na = pixels.shape[1]
     nc = raw.state[head + ".m.0.weight"].shape[0] // na - 5
     fused = not any(k.endswith(".bn.running_var") for k in raw.state)
     if fused:

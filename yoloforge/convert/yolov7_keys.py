@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .units import ConvertError, official_units, slots_of, transfer
+from .units import ConvertError, detect_anchors, official_units, slots_of, transfer
 
 HEADS = ("IDetect", "IAuxDetect", "Detect", "IKeypoint", "IBin")
 # try order: cheap first; the first variant whose every shape fits wins
@@ -105,26 +105,13 @@ def describe(raw) -> dict:
     keys = raw.state.keys()
     implicit = any(k.startswith(head + ".ia.") for k in keys)
     aux = any(k.startswith(head + ".m2.") for k in keys)
-    anchors = raw.state.get(head + ".anchors")
-    if anchors is None:
-        raise ConvertError(f"{raw.path}: yolov7 head {head} has no anchors")
-    na = anchors.shape[1]
-    grid = raw.state.get(head + ".anchor_grid")
-    no = raw.state[head + ".m.0.weight"].shape[0] // na
-    stride = raw.attrs.get(head, {}).get("stride")
-    if stride is None:
-        stride = raw.attrs.get("", {}).get("stride")
-    fused_rep = any(".rbr_reparam." in k for k in keys)
-    fused_bn = not any(".bn." in k or ".rbr_dense.1." in k for k in keys)
     head_cls = raw.classes.get(head, "").rsplit(".", 1)[-1] or ("IAuxDetect" if aux else "IDetect" if implicit else "Detect")
     if head_cls in ("IKeypoint", "IBin"):
         raise ConvertError(f"{raw.path}: unsupported yolov7 variant: {head_cls} head (pose/bin models)")
-    if grid is not None:
-        pixels = grid.float().reshape(anchors.shape)
-    elif stride is not None:
-        pixels = anchors.float() * torch.as_tensor(stride, dtype=torch.float32).view(-1, 1, 1)
-    else:
-        raise ConvertError(f"{raw.path}: yolov7 head {head} has neither anchor_grid nor stride")
+    pixels, stride = detect_anchors(raw, head, "yolov7")
+    no = raw.state[head + ".m.0.weight"].shape[0] // pixels.shape[1]
+    fused_rep = any(".rbr_reparam." in k for k in keys)
+    fused_bn = not any(".bn." in k or ".rbr_dense.1." in k for k in keys)
     acts = {ACTS[c.rsplit(".", 1)[-1]] for c in raw.classes.values() if c.rsplit(".", 1)[-1] in ACTS}
     return dict(head=head, implicit=implicit, aux=aux, nc=no - 5, anchors=pixels, stride=stride, acts=acts,
                 head_type=head_cls, fused=("RepConv+BN fused" if fused_rep or fused_bn else "unfused"))
