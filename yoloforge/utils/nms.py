@@ -95,16 +95,23 @@ def _suppression_matrix(b: torch.Tensor, iou_thres: float, kind: str, chunk: int
     return torch.triu(torch.cat(rows, 0), diagonal=1)
 
 
-def _greedy_cpu(sup: torch.Tensor) -> torch.Tensor:
-    """Resolve the greedy order on CPU: one pass, touching only rows of kept boxes."""
-    s = sup.numpy()
-    removed = np.zeros(s.shape[0], dtype=bool)
-    keep = []
-    for i in range(s.shape[0]):
+def _greedy_rows(sup: np.ndarray, removed: np.ndarray | None = None, limit: int | None = None) -> list[int]:
+    """Resolve the greedy order on CPU: one pass over the rows of kept boxes of the (sorted, upper
+    triangular) suppression matrix ``sup``, starting from the ``removed`` mask, stopping at ``limit`` kept."""
+    removed = np.zeros(sup.shape[0], dtype=bool) if removed is None else removed
+    keep: list[int] = []
+    for i in range(sup.shape[0]):
         if not removed[i]:
             keep.append(i)
-            removed |= s[i]
-    return torch.as_tensor(keep, dtype=torch.long)
+            if limit is not None and len(keep) >= limit:
+                break
+            removed |= sup[i]
+    return keep
+
+
+def _greedy_cpu(sup: torch.Tensor) -> torch.Tensor:
+    """Resolve the greedy order on CPU (see :func:`_greedy_rows`)."""
+    return torch.as_tensor(_greedy_rows(sup.numpy()), dtype=torch.long)
 
 
 def _greedy_blocks(sup: torch.Tensor, block: int = 256) -> torch.Tensor:
@@ -176,18 +183,9 @@ def _nms_greedy(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float, kin
     keep: list[int] = []
     for s in range(0, n, block):
         blk = b[s:s + block]
-        if keep:
-            removed = (fn(b[keep], blk) > iou_thres).any(0).numpy()
-        else:
-            removed = np.zeros(blk.shape[0], dtype=bool)
-        sup = torch.triu(fn(blk, blk) > iou_thres, diagonal=1).numpy()
-        for i in np.flatnonzero(~removed):
-            if removed[i]:
-                continue
-            keep.append(s + int(i))
-            if len(keep) >= limit:
-                break
-            removed |= sup[i]
+        removed = (fn(b[keep], blk) > iou_thres).any(0).numpy() if keep else None
+        keep += [s + i for i in _greedy_rows(_suppression_matrix(blk, iou_thres, kind).numpy(), removed,
+                                             limit - len(keep))]
         if len(keep) >= limit:
             break
     return order[torch.as_tensor(keep, dtype=torch.long, device=order.device)]
