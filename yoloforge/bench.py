@@ -5,8 +5,8 @@
 
 Prints a markdown table (paste it into an issue as it is) with one row per format: the fused torch
 model, ONNX Runtime, OpenVINO (fp32, and bf16 where the CPU runs it natively) and TensorRT. A format
-that cannot run here (not installed, no CUDA, no native bf16) keeps its row, saying why it was skipped. Latency is the model call only (float32 NCHW in,
-``(B, N, 4 + nc)`` out), ``--runs`` measured calls per batch size after ``--warmup`` unmeasured ones;
+that cannot run here (not installed, no CUDA, no native bf16) keeps its row, saying why it was skipped.
+Latency is the model call only (float32 NCHW in, ``(B, N, 4 + nc)`` out), ``--runs`` measured calls per batch size after ``--warmup`` unmeasured ones;
 the formats take turns inside each round (round-robin, rotating the start) so that machine noise hits
 all of them alike. Throughput is ``batch / p50``. The mAP columns come from ``Detector.val`` on the
 val split through the same exported file, so they also check that the export is faithful.

@@ -4,8 +4,8 @@ Preprocessing is the letterbox used by training and validation, at the same scal
 a model that takes any input size (torch, or an export with dynamic height/width) the canvas is the
 smallest stride-multiple rectangle instead of the square (``rect=True``, the default): a 4:3 photo
 at 640 runs at 480x640, a quarter fewer pixels, at the same scale (boxes agree to a pixel; scores
-near the edges can move a little, the padding the convolutions see is different). Frames stream through a generator: a long
-video never accumulates results in memory unless the caller keeps them.
+near the edges can move a little, the padding the convolutions see is different). Frames stream
+through a generator: a long video never accumulates results in memory unless the caller keeps them.
 """
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def preprocess(imgs: list[np.ndarray], imgsz: int, stride: int | None = None) ->
 
     Square ``imgsz`` canvases by default (training and validation use them). With ``stride`` (a model
     that takes any multiple of it), the canvas of the batch is the smallest rectangle holding every
-    image at the same scale as the square letterbox would use: same boxes, fewer pixels to run."""
+    image at the same scale as the square letterbox would use: fewer pixels to run."""
     from yoloforge.data.augment import letterbox
 
     shape = (imgsz, imgsz)
