@@ -44,10 +44,11 @@ import numpy as np
 import torch
 from _common import table
 
+# idle before each measured model call in (a) and (b), as `yoloforge benchmark` does (see yoloforge.bench.measure);
+# _ul_worker.py, which cannot import yoloforge, sleeps the same 0.05 s before its own measured calls
+from yoloforge.bench import SETTLE_S
+
 HERE = Path(__file__).resolve().parent
-# idle before each measured model call in (a) and (b): ONNX Runtime's (and OpenMP's) worker threads keep
-# spinning after a run, and on 2 cores that slowed whichever runtime came next by up to 50 %
-SETTLE_S = 0.05
 COCO = Path("/work/shared/data/coco128")
 
 
