@@ -1,13 +1,32 @@
 import os
+import random
+import tempfile
 from pathlib import Path
 
-import pytest
-
-import tempfile
-
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_NUM_THREADS", "2")  # before torch is imported
 # label-scan caches go to a temporary dir, never beside ../shared/data (read-only by convention)
 os.environ.setdefault("YOLOFORGE_CACHE_DIR", tempfile.mkdtemp(prefix="yoloforge-cache-"))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def _seed_all(seed: int = 0) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# Every test draws from seeded generators, so a test's data (random weights, images) is the same in CI as
+# here: module-scoped fixtures are built from this import-time seed, each test starts from a fresh one.
+_seed_all()
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    _seed_all()
+
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 COCO128 = SHARED / "data" / "coco128"
