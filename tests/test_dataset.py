@@ -57,6 +57,38 @@ def test_val_mode_letterbox_follows_and_inverts(hue_dir, tmp_path):
         np.testing.assert_allclose(back, ds.labels[i][:, 1:], atol=0.01)
 
 
+def test_rect_val_batches_follow_and_invert(hue_dir, tmp_path):
+    """Rectangular validation: images sorted by h/w, batches of 3 share one stride-multiple rectangle
+    (landscape: h < w, portrait: h > w, mixed: square), pixels and boxes follow, boxes invert exactly."""
+    ds = DetectionDataset(hue_dir, NAMES, imgsz=128, cache_dir=tmp_path, verbose=False, stride=32, rect_batch=3)
+    ar = ds.shapes[:, 0] / ds.shapes[:, 1]
+    assert (np.diff(ar) >= 0).all() and sorted(map(tuple, ds.shapes.tolist())) == sorted(SHAPES)
+    # h/w sorted: 0.5625 0.6 0.778 | 1 1 1.444 | 1.6 1.667 -> sides ceil(128 * r / 32 + 0.5) * 32 with r the
+    # batch's largest h/w (landscape: h), 1 (mixed: square), 1 / smallest h/w (portrait: w)
+    assert ds.batch_shapes.tolist() == [[128, 160], [160, 160], [160, 96]]
+    loader = build_dataloader(ds, 3, workers=0, shuffle=False)
+    k = 0
+    for imgs, targets, metas in loader:
+        assert tuple(imgs.shape[2:]) == tuple(ds.batch_shapes[k])
+        for j, meta in enumerate(metas):
+            i = 3 * k + j
+            cls = int(ds.labels[i][0, 0])
+            lab = targets[targets[:, 0] == j][:, 1:]
+            assert meta["path"] == ds.img_files[i] and int(lab[0, 0]) == cls
+            (rx, ry), (px, py) = meta["ratio_pad"]
+            h0, w0 = meta["orig_shape"]
+            assert max(h0, w0) * max(rx, ry) == pytest.approx(128, abs=1) and rx == pytest.approx(ry, rel=0.02)
+            check_follow(to_bgr(imgs[j]), lab.numpy(), tol=1.5)
+            cx, cy = ((lab[0, 1] + lab[0, 3]) / 2).int(), ((lab[0, 2] + lab[0, 4]) / 2).int()
+            assert tuple(imgs[j][:, cy, cx].tolist()) == hue_bgr(cls)[::-1]
+            back = unletterbox_boxes(lab[:, 1:].numpy(), meta["ratio_pad"], meta["orig_shape"])
+            np.testing.assert_allclose(back, ds.labels[i][:, 1:], atol=0.01)
+        k += 1
+    assert k == 3
+    with pytest.raises(ValueError, match="rect_batch"):
+        ds.make_rect(0)
+
+
 def test_train_mode_boxes_follow_pixels(hue_dir, tmp_path):
     hyp = dict(NO_COLOUR, degrees=10, shear=2, mosaic=1.0, mixup=0.3, flipud=0.5)
     ds = DetectionDataset(hue_dir, NAMES, imgsz=128, augment=True, hyp=hyp, cache_dir=tmp_path, verbose=False)

@@ -63,6 +63,12 @@ def test_onnx_export_val_predict_match_torch(trained, tiny_data, tmp_path):
     m_torch = Detector(str(best)).val(str(tiny_data), workers=0, verbose=False)
     m_onnx = Detector(str(onnx)).val(str(tiny_data), workers=0, verbose=False)
     assert abs(m_torch.map - m_onnx.map) <= 0.002 and abs(m_torch.map50 - m_onnx.map50) <= 0.002
+    # a static-shape export cannot take rectangular batches: it is validated square, as torch with rect=False
+    static = tmp_path / "static.onnx"
+    assert main(["export", "--weights", str(best), "--format", "onnx", "--output", str(static)]) == 0
+    m_sq = Detector(str(best)).val(str(tiny_data), workers=0, verbose=False, rect=False)
+    m_static = Detector(str(static)).val(str(tiny_data), workers=0, verbose=False)
+    assert abs(m_sq.map - m_static.map) <= 0.002 and abs(m_sq.map50 - m_static.map50) <= 0.002
     src = str(Path(tiny_data).parent / "images" / "val")
     a = Detector(str(best)).predict(src, conf=0.05)
     b = Detector(str(best)).predict(src, conf=0.05, backend="onnxruntime")

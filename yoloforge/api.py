@@ -96,8 +96,13 @@ class Detector:
 
     def val(self, data: str, split: str = "val", imgsz: int | None = None, batch: int = 16, conf: float = 0.001,
             iou: float = 0.65, workers: int = 2, save_json: bool = False, save_dir: str | Path | None = None,
-            plots: bool = False, verbose: bool = True):
-        """COCO mAP on a split of a data yaml; returns :class:`~yoloforge.engine.evaluator.Metrics`."""
+            plots: bool = False, verbose: bool = True, rect: bool = True):
+        """COCO mAP on a split of a data yaml; returns :class:`~yoloforge.engine.evaluator.Metrics`.
+
+        ``rect``: rectangular batches (images grouped by aspect ratio, each batch letterboxed to its own
+        stride-multiple rectangle with half a stride of margin) as the official test scripts evaluate; used
+        where the model takes any height/width (torch, runtimes exported with ``--dynamic``), else square.
+        """
         from yoloforge.data.dataset import DetectionDataset
         from yoloforge.data.formats import load_data_yaml
         from yoloforge.data.loader import build_dataloader
@@ -114,9 +119,14 @@ class Detector:
                              f"validate a model exported without --nms")
         if self.backend is not None and imgsz and imgsz != self.backend.imgsz:
             raise ValueError(f"{self.weights}: exported for imgsz {self.backend.imgsz}, not {imgsz}")
-        ds = DetectionDataset(source, cfg.names, imgsz=imgsz or self.imgsz, augment=False, verbose=verbose)
-        loader = build_dataloader(ds, batch, workers, shuffle=False, seed=0)
+        from yoloforge.export.runtime import max_stride
+
         model = self.backend if self.backend is not None else self._deploy_model()
+        rect = rect and (self.backend is None or self.backend.dynamic_hw)
+        stride = self.backend.stride if self.backend is not None else max_stride(model)
+        ds = DetectionDataset(source, cfg.names, imgsz=imgsz or self.imgsz, augment=False, verbose=verbose,
+                              stride=stride, rect_batch=batch if rect else 0)
+        loader = build_dataloader(ds, batch, workers, shuffle=False, seed=0)
         m = evaluate(model, loader, cfg.names, conf=conf, iou=iou, device=self.device, save_dir=save_dir,
                      save_json=save_json, plots=plots, verbose=verbose)
         if verbose:

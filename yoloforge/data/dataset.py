@@ -1,6 +1,6 @@
 """DetectionDataset: images + validated labels -> fixed-size training/validation samples.
 
-``ds[i] -> (img uint8 tensor (3, S, S) RGB, labels float32 tensor (n, 5) [cls, x1, y1, x2, y2] pixels,
+``ds[i] -> (img uint8 tensor (3, S, S) RGB (3, h, w) in rectangular validation batches, labels float32 tensor (n, 5) [cls, x1, y1, x2, y2] pixels,
 meta dict(path, orig_shape=(h0, w0), ratio_pad=((rx, ry), (px, py))))``.
 
 Training samples (``augment=True``) are built by :class:`yoloforge.data.augment.Augmenter` (mosaic or
@@ -47,14 +47,21 @@ class DetectionDataset(Dataset):
         hyp: augmentation hyper-parameters; missing keys take ``augment.DEFAULT_HYP``.
         cache: ``True`` caches the label scan on disk, ``False`` rescans, ``"ram"`` also keeps the
             resized images in memory (a memory estimate is printed; refused if it does not fit).
-        stride: model stride (kept for rectangular inference; training/validation output is S×S).
+        stride: the model's largest stride: rectangular batch shapes are multiples of it.
+        rect_batch: validation only (``augment=False``): group images of like aspect ratio into batches of
+            this size and letterbox each batch to its own rectangle instead of the S×S square, as the
+            official YOLOv6/v7/ScaledYOLOv4 test scripts do (they report COCO AP this way). The images are
+            reordered by aspect ratio (h/w); ``batch_shapes[k]`` is batch k's (h, w). 0 (default): square.
+        pad: rectangular batches only: the margin added to each side of the rectangle, in strides
+            (``ceil(side * S / stride + pad) * stride``; 0.5 as in those scripts).
         seed: base seed of the per-item generators.
         cache_dir: where the label-scan cache goes (default: beside the labels, else ``~/.cache``).
         verbose: print the scan summary.
     """
 
     def __init__(self, source, names, imgsz: int = 640, augment: bool = False, hyp: dict | None = None,
-                 cache=True, stride: int = 32, seed: int = 0, cache_dir=None, verbose: bool = True):
+                 cache=True, stride: int = 32, seed: int = 0, cache_dir=None, verbose: bool = True,
+                 rect_batch: int = 0, pad: float = 0.5):
         self.names = list(names)
         self.nc = len(self.names)
         if self.nc == 0:
@@ -71,6 +78,10 @@ class DetectionDataset(Dataset):
         self.mixup_enabled = self.augment and (self.hyp["mixup"] > 0 or self.hyp.get("cutmix", 0) > 0)
         self.epoch = 0
         self._ram = None
+        self.rect_batch = 0
+        self.batch_shapes = None
+        if rect_batch and not self.augment:
+            self.make_rect(int(rect_batch), pad)
         if cache == "ram":
             self.cache_ram(verbose)
 
@@ -80,6 +91,32 @@ class DetectionDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch the per-item generators are seeded with."""
         self.epoch = int(epoch)
+
+    def make_rect(self, batch: int, pad: float = 0.5) -> None:
+        """Reorder by aspect ratio and give each run of ``batch`` images one rectangle (see ``rect_batch``).
+
+        A batch of landscape images (h/w < 1 for all) gets height ``S * max(h/w)`` and width S, a batch of
+        portrait images width ``S / min(h/w)`` and height S, a mixed batch the square; each side then
+        becomes ``ceil(side / stride + pad) * stride``. Images keep their scale (long side S, never
+        enlarged) and are centred in their batch's rectangle."""
+        if batch < 1:
+            raise ValueError(f"rect_batch must be >= 1, got {batch}")
+        hw = np.asarray(self.shapes, np.float64).reshape(-1, 2)
+        order = np.argsort(hw[:, 0] / np.maximum(hw[:, 1], 1), kind="stable")
+        self.img_files = [self.img_files[i] for i in order]
+        self.labels = [self.labels[i] for i in order]
+        self.shapes = np.asarray(self.shapes)[order]
+        ar = hw[order, 0] / np.maximum(hw[order, 1], 1)
+        nb = (len(ar) + batch - 1) // batch
+        rel = np.ones((nb, 2))
+        for k in range(nb):
+            lo, hi = ar[k * batch:(k + 1) * batch].min(), ar[k * batch:(k + 1) * batch].max()
+            if hi < 1:
+                rel[k] = hi, 1.0
+            elif lo > 1:
+                rel[k] = 1.0, 1.0 / lo
+        self.batch_shapes = (np.ceil(rel * self.imgsz / self.stride + pad) * self.stride).astype(int)
+        self.rect_batch = batch
 
     # ------------------------------------------------------------------------------------------ loading
     def _resized_hw(self, i):
@@ -144,7 +181,8 @@ class DetectionDataset(Dataset):
             ratio_pad = ((r, r), (0.0, 0.0))  # nominal: augmented samples have no exact inverse
         else:
             img, lab, r0 = self.load_image(i)
-            img, r1, pad = letterbox(img, self.imgsz, scaleup=False)
+            shape = self.imgsz if self.batch_shapes is None else tuple(int(v) for v in self.batch_shapes[i // self.rect_batch])
+            img, r1, pad = letterbox(img, shape, scaleup=False)
             labels = clip_and_filter(scale_labels(lab, r1, pad), img.shape[:2])
             ratio_pad = ((r0[0] * r1[0], r0[1] * r1[1]), pad)
         img = np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))  # BGR HWC -> RGB CHW

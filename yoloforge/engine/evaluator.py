@@ -30,7 +30,6 @@ class Metrics:
     images: int = 0
     instances: int = 0
     speed_ms: dict = field(default_factory=dict)  # per image: pre, model, post
-    loss: dict = field(default_factory=dict)
     files: dict = field(default_factory=dict)  # what was written: json, plots
 
     @property
@@ -66,14 +65,12 @@ def _image_id(path: str, index: int) -> int:
 @torch.no_grad()
 def evaluate(model, loader, names: list[str], *, conf: float = 0.001, iou: float = 0.65, max_det: int = 300,
              device: str | torch.device = "cpu", half: bool = False, save_dir: str | Path | None = None,
-             save_json: bool = False, plots: bool = False, loss_fn=None, verbose: bool = True,
+             save_json: bool = False, plots: bool = False, verbose: bool = True,
              desc: str = "val") -> Metrics:
     """Run ``model`` over ``loader`` and compute COCO mAP with faster-coco-eval.
 
-    ``loss_fn`` (optional) is the family loss: when given and ``model`` is a torch module, the
-    validation loss is computed too (the model must then return training outputs in train mode,
-    so we call it once more in that mode only for the loss -- used only by the trainer).
-    """
+    Batches may be rectangular (``DetectionDataset(rect_batch=...)``): boxes go back to the original
+    image through each sample's own ``ratio_pad``."""
     from yoloforge.utils.metrics import ConfusionMatrix, coco_map, match_predictions, pr_curves, to_coco_results
 
     device = torch.device(device)

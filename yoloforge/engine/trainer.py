@@ -132,10 +132,10 @@ class Trainer:
                                              rank=self.rank, world_size=self.world, drop_last=self.world > 1)
         self.val_loader = None
         if self.main and self.data.val:
+            val_batch = max(self.batch * 2, 2)  # rectangular batches, as the official train-time test
             self.val_ds = DetectionDataset(self.data.val, self.names, imgsz=cfg.imgsz, augment=False,
-                                           seed=cfg.seed, verbose=verbose)
-            self.val_loader = build_dataloader(self.val_ds, max(self.batch * 2, 2), cfg.workers, shuffle=False,
-                                               seed=cfg.seed)
+                                           seed=cfg.seed, verbose=verbose, stride=max_stride, rect_batch=val_batch)
+            self.val_loader = build_dataloader(self.val_ds, val_batch, cfg.workers, shuffle=False, seed=cfg.seed)
 
         self.accumulate = max(round(cfg.nbs / cfg.batch), 1)
         if self.hyp.get("cmbn"):
