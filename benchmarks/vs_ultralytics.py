@@ -20,7 +20,9 @@ b. ONNX Runtime and OpenVINO latency of each library's own ONNX export, both run
 c. training img/s at 320, batch 8, coco128 train, 1 epoch: ours = our Trainer's epoch loop, theirs =
    ``model.train``; per-iteration step time (forward, loss, backward, optimizer step when due) and data
    wait measured the same way (around the loader's ``next``, resp. batch start/end callbacks).
-d. validation of coco128 val at 640 (``Detector.val`` vs ``model.val``), wall time.
+d. validation of coco128 val at 640, wall time: ``Detector.val(backend="auto")`` (what ``yoloforge val``
+   runs: on a CPU the fastest runtime at fp32, exported once before timing; rectangular batches) vs
+   ``model.val`` (torch; rectangular batches). Both at batch 16, pad 0.5.
 e. end-to-end predict over coco128 val at 640 (read, pre, model, post): ``Detector.predict(backend="auto")``
    vs ultralytics' default ``model.predict`` (torch; rectangular letterbox). Issue goal: ours >= 4x faster.
 
@@ -287,11 +289,14 @@ def part_d(ul, rows, data, weights, rounds, threads):
     from yoloforge.api import Detector
 
     det = Detector(weights)
+    kind = getattr(det.runtime("auto", 640), "kind", "torch")  # `yoloforge val`'s default; exported once here, not timed
     ours, theirs = [], []
     for _ in range(rounds):
+        time.sleep(1.0)  # let the other side's loader workers and thread pools wind down
         t = time.perf_counter()
-        m = det.val(str(data), imgsz=640, batch=16, workers=2, verbose=False)
+        m = det.val(str(data), imgsz=640, batch=16, workers=2, verbose=False, backend="auto")
         ours.append(time.perf_counter() - t)
+        time.sleep(1.0)
         r = ul("val", name="yolov6n", data=str(data), imgsz=640, batch=16, workers=2, threads=threads)
         theirs.append(r["seconds"])
     o, t = statistics.median(ours), statistics.median(theirs)
@@ -299,7 +304,8 @@ def part_d(ul, rows, data, weights, rounds, threads):
     ts = r["speed_ms"]
     rows.append(["(d) val coco128 640 (untrained), s", o, t, o / t,
                  f"per img pre/model/post ours {s['pre']:.0f}/{s['model']:.0f}/{s['post']:.0f} ms, theirs "
-                 f"{ts['preprocess']:.0f}/{ts['inference']:.0f}/{ts['postprocess']:.0f} ms; {threads} threads both"])
+                 f"{ts['preprocess']:.0f}/{ts['inference']:.0f}/{ts['postprocess']:.0f} ms; {threads} threads both; "
+                 f"ours backend={kind} fp32"])
 
 
 def part_e(ul, rows, weights, rounds, threads_list):

@@ -89,6 +89,28 @@ def test_rect_val_batches_follow_and_invert(hue_dir, tmp_path):
         ds.make_rect(0)
 
 
+def test_thread_loader_gives_the_dataloaders_batches(hue_dir, tmp_path, monkeypatch):
+    """Threads (used once OpenVINO / ONNX Runtime are loaded: no fork under their thread pools) give the
+    same batches in the same order as worker processes, for rectangular val and augmented training."""
+    from yoloforge.data.loader import ThreadLoader
+
+    for kw, bs in ((dict(rect_batch=3), 3), (dict(augment=True, hyp=NO_COLOUR), 4)):
+        ds = DetectionDataset(hue_dir, NAMES, imgsz=128, cache_dir=tmp_path, verbose=False, **kw)
+        shuffle = ds.augment
+        procs = build_dataloader(ds, bs, workers=2, shuffle=shuffle, seed=3, threads=False)
+        threads = build_dataloader(ds, bs, workers=2, shuffle=shuffle, seed=3, threads=True)
+        assert isinstance(threads, ThreadLoader) and len(threads) == len(procs) == -(-8 // bs)
+        for epoch in (0, 1):
+            procs.sampler.set_epoch(epoch)
+            threads.sampler.set_epoch(epoch)
+            got = list(threads)
+            assert len(got) == len(procs)
+            for (ia, ta, ma), (ib, tb, mb) in zip(procs, got):
+                assert torch.equal(ia, ib) and torch.equal(ta, tb) and [m["path"] for m in ma] == [m["path"] for m in mb]
+    import onnxruntime  # noqa: F401  (its presence switches the default to threads)
+    assert isinstance(build_dataloader(ds, 4, workers=2, shuffle=False), ThreadLoader)
+
+
 def test_train_mode_boxes_follow_pixels(hue_dir, tmp_path):
     hyp = dict(NO_COLOUR, degrees=10, shear=2, mosaic=1.0, mixup=0.3, flipud=0.5)
     ds = DetectionDataset(hue_dir, NAMES, imgsz=128, augment=True, hyp=hyp, cache_dir=tmp_path, verbose=False)

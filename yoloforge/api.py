@@ -96,12 +96,14 @@ class Detector:
 
     def val(self, data: str, split: str = "val", imgsz: int | None = None, batch: int = 16, conf: float = 0.001,
             iou: float = 0.65, workers: int = 2, save_json: bool = False, save_dir: str | Path | None = None,
-            plots: bool = False, verbose: bool = True, rect: bool = True):
+            plots: bool = False, verbose: bool = True, rect: bool = True, backend: str = "torch"):
         """COCO mAP on a split of a data yaml; returns :class:`~yoloforge.engine.evaluator.Metrics`.
 
         ``rect``: rectangular batches (images grouped by aspect ratio, each batch letterboxed to its own
         stride-multiple rectangle with half a stride of margin) as the official test scripts evaluate; used
         where the model takes any height/width (torch, runtimes exported with ``--dynamic``), else square.
+        ``backend``: as in :meth:`predict`, always at fp32 (``"auto"``: on a CPU the fastest runtime,
+        exported once and cached; the same mAP as torch to within float rounding).
         """
         from yoloforge.data.dataset import DetectionDataset
         from yoloforge.data.formats import load_data_yaml
@@ -121,9 +123,10 @@ class Detector:
             raise ValueError(f"{self.weights}: exported for imgsz {self.backend.imgsz}, not {imgsz}")
         from yoloforge.export.runtime import max_stride
 
-        model = self.backend if self.backend is not None else self._deploy_model()
-        rect = rect and (self.backend is None or self.backend.dynamic_hw)
-        stride = self.backend.stride if self.backend is not None else max_stride(model)
+        model = self.runtime(backend, imgsz, precision="fp32")
+        is_module = isinstance(model, torch.nn.Module)
+        rect = rect and (is_module or model.dynamic_hw)
+        stride = max_stride(model) if is_module else model.stride
         ds = DetectionDataset(source, cfg.names, imgsz=imgsz or self.imgsz, augment=False, verbose=verbose,
                               stride=stride, rect_batch=batch if rect else 0)
         loader = build_dataloader(ds, batch, workers, shuffle=False, seed=0)
@@ -168,7 +171,8 @@ class Detector:
         from yoloforge.export import best_cpu_backend
 
         prefer = None if backend == "auto" else [backend]
-        rt, msg = best_cpu_backend(self.weights, imgsz=imgsz or self.imgsz, prefer=prefer, precision=precision)
+        rt, msg = best_cpu_backend(self.weights, imgsz=imgsz or self.imgsz, prefer=prefer, precision=precision,
+                                   loaded=(self.model, self.meta))
         LOG.info(msg)
         return rt
 

@@ -80,7 +80,7 @@ def cmd_val(a) -> int:
     save_dir = next_run_dir(a.project or "runs/val", a.name, False)
     m = det.val(a.data, split=a.split, imgsz=a.imgsz, batch=a.batch, conf=0.001 if a.conf is None else a.conf,
                 iou=0.65 if a.iou is None else a.iou, workers=a.workers, save_json=a.save_json,
-                save_dir=save_dir, plots=True, rect=not a.no_rect)
+                save_dir=save_dir, plots=True, rect=not a.no_rect, backend=a.backend)
     print(f"mAP50-95 {m.map:.4f}  mAP50 {m.map50:.4f}  results in {save_dir}")
     return 0
 
@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-json", action="store_true", help="write detections as COCO results json")
     p.add_argument("--no-rect", action="store_true",
                    help="square letterbox for every image (default: rectangular batches, as the official test scripts)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
+                   help="auto (default): on a CPU the fastest runtime installed, at fp32, exported once and cached")
 
     p = sub.add_parser("predict", help="detect objects in images, folders, globs or videos")
     _add_common_infer(p)

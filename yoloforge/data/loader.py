@@ -62,34 +62,72 @@ def _worker_init(worker_id: int) -> None:
 
 
 def build_dataloader(dataset, batch_size: int, workers: int = 8, shuffle: bool = True, seed: int = 0,
-                     rank: int = 0, world_size: int = 1, drop_last: bool = False) -> DataLoader:
+                     rank: int = 0, world_size: int = 1, drop_last: bool = False, threads: bool | None = None):
     """A DataLoader with reproducible order, DDP sharding when ``world_size > 1``, persistent workers.
 
     ``workers`` is clipped to the CPUs available per process and to ``batch_size``.
     ``loader.sampler.set_epoch(e)`` sets the shuffle epoch (and the dataset's epoch).
+    ``threads``: load in ``workers`` threads of this process instead of worker processes (see
+    :class:`ThreadLoader`); ``None`` (default) picks threads once OpenVINO or ONNX Runtime is loaded here.
     """
     ncpu = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
     nw = max(0, min(int(workers), ncpu // max(world_size, 1), batch_size if batch_size > 1 else 0))
     inner = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
                                drop_last=drop_last)
+    sampler = EpochSampler(inner, dataset)
+    if threads is None:
+        threads = any(m in sys.modules for m in ("openvino", "onnxruntime"))
+    if threads:
+        return ThreadLoader(dataset, batch_size, sampler, nw, drop_last)
     g = torch.Generator()
     g.manual_seed(seed + rank)
-    return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(inner, dataset), num_workers=nw,
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=nw,
                       collate_fn=collate, pin_memory=torch.cuda.is_available(), drop_last=drop_last,
-                      persistent_workers=nw > 0, worker_init_fn=_worker_init, generator=g,
-                      multiprocessing_context=_worker_context(nw))
+                      persistent_workers=nw > 0, worker_init_fn=_worker_init, generator=g)
 
 
-def _worker_context(nw: int):
-    """``forkserver`` once OpenVINO or ONNX Runtime is loaded in this process, else the default (fork).
+class ThreadLoader:
+    """Batches like the DataLoader above (same sampler, same collate), loaded by threads of this process.
 
-    Their thread pools (TBB / OpenMP) keep running threads; a ``fork`` copies their locked mutexes into
-    the child, where nothing will ever unlock them (a hang or a crash in the worker). Validating an
-    exported model with loader workers (``yoloforge val --weights m.onnx``, ``benchmark --data``) is
-    exactly that case. forkserver starts workers from a clean single-threaded server instead."""
-    if nw > 0 and any(m in sys.modules for m in ("openvino", "onnxruntime")):
-        import multiprocessing as mp
+    Why: OpenVINO and ONNX Runtime keep thread pools running; ``fork`` copies their locked mutexes into
+    a worker where nothing unlocks them (a hang or a crash), and ``spawn``/``forkserver`` re-run the
+    user's script unless it has an ``if __name__ == "__main__"`` guard. Validation samples are a read
+    and a letterbox, done in OpenCV and numpy with the GIL released, so threads load them as fast.
+    Up to ``2 * workers`` batches are read ahead, in order."""
 
-        if "forkserver" in mp.get_all_start_methods():
-            return mp.get_context("forkserver")
-    return None
+    def __init__(self, dataset, batch_size: int, sampler, workers: int = 2, drop_last: bool = False):
+        self.dataset, self.batch_size, self.sampler = dataset, int(batch_size), sampler
+        self.num_workers, self.drop_last = max(int(workers), 0), drop_last
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _batches(self):
+        batch = []
+        for item in self.sampler:
+            batch.append(item)
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+        if batch and not self.drop_last:
+            yield batch
+
+    def _load(self, items):
+        return collate([self.dataset[it] for it in items])
+
+    def __iter__(self):
+        if self.num_workers == 0:
+            yield from map(self._load, self._batches())
+            return
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.num_workers, thread_name_prefix="yoloforge-load") as ex:
+            ahead, it = deque(), self._batches()
+            for b in it:  # keep 2 * workers batches in flight, hand them out in order
+                ahead.append(ex.submit(self._load, b))
+                if len(ahead) >= 2 * self.num_workers:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()

@@ -329,18 +329,21 @@ def available_kinds() -> list[str]:
 
 
 def best_cpu_backend(weights_path: str | Path, imgsz: int | None = None, cache_dir: str | Path | None = None,
-                     prefer: list[str] | None = None, precision: str = "fp32") -> tuple[Backend, str]:
+                     prefer: list[str] | None = None, precision: str = "fp32",
+                     loaded: tuple | None = None) -> tuple[Backend, str]:
     """The fastest CPU backend for ``weights_path`` (.safetensors) and a one-line message saying which.
 
     The fused model is exported once (dynamic batch, height and width; no NMS) and cached under
     ``cache_dir`` (default: ``<weights dir>/<stem>_deploy/``) with the key ``<sha256 of the weights, 16 hex>_<imgsz>``; later
     calls reuse the cache. A runtime that fails to export or load falls back to the next one.
-    ``precision`` applies to OpenVINO (see :class:`OpenVINOBackend`); the others run fp32.
+    ``precision`` applies to OpenVINO (see :class:`OpenVINOBackend`); the others run fp32. ``loaded``:
+    the ``(model, meta)`` already read from ``weights_path`` (needed for darknet weights, whose cfg is
+    another file), else it is read here.
     """
     from yoloforge.utils.checkpoint import load_model
 
     weights_path = Path(weights_path)
-    model, meta = load_model(weights_path)
+    model, meta = loaded if loaded is not None else load_model(weights_path)
     imgsz = int(imgsz or meta.get("imgsz") or 640)
     cache = Path(cache_dir) if cache_dir else weights_path.parent / f"{weights_path.stem}_deploy"
     key = f"{file_hash(weights_path)}_{imgsz}_hw"  # "_hw": dynamic batch, height and width
