@@ -182,3 +182,20 @@ def test_greedy_max_keep_equals_prefix_of_full_pass():
             assert nms(boxes, scores, 0.5, backend="greedy", max_keep=k).tolist() == full[:k]
         for kind in ("iou", "diou"):
             assert nms(boxes, scores, 0.5, kind=kind, backend="greedy").tolist() == reference_greedy(boxes, scores, 0.5, kind)
+
+
+def test_multi_label_top_candidates_taken_from_the_flat_score_map():
+    """With more (box, class) pairs above conf than max_nms, the best max_nms pairs are picked from the flat
+    score map directly; the result equals the gather-then-topk path (forced here by a class filter that
+    keeps every class)."""
+    g = torch.Generator().manual_seed(0)
+    n, nc = 3000, 20
+    xy = torch.rand(2, n, 2, generator=g) * 300
+    wh = 10 + torch.rand(2, n, 2, generator=g) * 60
+    pred = torch.cat([xy, xy + wh, torch.rand(2, n, nc, generator=g)], -1)
+    for max_nms, conf in ((5000, 0.001), (500, 0.3)):
+        assert int((pred[0, :, 4:] > conf).sum()) > max_nms
+        fast = non_max_suppression(pred, conf=conf, iou=0.5, multi_label=True, max_nms=max_nms)
+        ref = non_max_suppression(pred, conf=conf, iou=0.5, multi_label=True, max_nms=max_nms, classes=range(nc))
+        for a, b in zip(fast, ref):
+            assert len(a) == 300 and torch.equal(a, b)

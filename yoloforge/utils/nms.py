@@ -311,8 +311,16 @@ def non_max_suppression(pred: torch.Tensor, conf: float = 0.25, iou: float = 0.4
     for x in pred:
         boxes, scores = x[:, :4], x[:, 4:]
         if multi_label and nc > 1:
-            i, j = (scores > conf).nonzero(as_tuple=True)
-            boxes, score, cls = boxes[i], scores[i, j], j
+            above = scores > conf
+            if cls_filter is None and int(above.sum()) > max_nms:
+                # many candidates (low conf, an untrained model): take the best max_nms (box, class) pairs
+                # straight from the flat score map, without gathering every pair's box first
+                score, flat = scores.reshape(-1).topk(max_nms)
+                i, j = flat // nc, flat % nc
+                boxes, cls = boxes[i], j
+            else:
+                i, j = above.nonzero(as_tuple=True)
+                boxes, score, cls = boxes[i], scores[i, j], j
         else:
             score, cls = scores.max(1)
             m = score > conf
