@@ -155,7 +155,7 @@ def test_loader_workers_reproducible_and_follow_main_process_state(hue_dir, tmp_
 
     def batches(workers, epochs=(0, 1), close_at=1):
         ds = DetectionDataset(hue_dir, NAMES, imgsz=96, augment=True, hyp=hyp, cache_dir=tmp_path, verbose=False)
-        dl = build_dataloader(ds, 3, workers, shuffle=True, seed=7)
+        dl = build_dataloader(ds, 3, workers, shuffle=True, seed=7, threads=False)  # worker processes
         out = []
         for e in epochs:
             dl.sampler.set_epoch(e)

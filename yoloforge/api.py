@@ -192,6 +192,16 @@ class Detector:
         default = Path(f"{base}.onnx") if fmt == "onnx" else Path(f"{base}_openvino")
         return Path(export(self.model, fmt, Path(path) if path else default, **kw))
 
+    def quantize(self, data: str, **kw):
+        """int8 post-training quantization (:func:`yoloforge.quant.ptq.quantize`: calibration on ``data``'s
+        train split, per-layer sensitivity, ``skip=K`` most sensitive convolutions kept in float, fp32 vs
+        int8 mAP on its val split); returns the :class:`~yoloforge.quant.ptq.QuantReport` (paths, mAP)."""
+        from yoloforge.quant.ptq import quantize
+
+        if self.weights is None or self.model is None:
+            raise ValueError("quantize needs saved torch weights: save() or train() first")
+        return quantize(self.weights, data, **kw)
+
     def info(self, imgsz: int = 640) -> dict:
         if self.model is None:
             raise ValueError(f"{self.weights}: info needs the torch model (.safetensors)")

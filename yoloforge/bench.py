@@ -1,10 +1,12 @@
 """``yoloforge benchmark``: latency, throughput and (with ``--data``) mAP of one model in every format.
 
     yoloforge benchmark --model yolov6n --imgsz 640 [--weights W.safetensors] [--data data.yaml]
-                        [--batch 8] [--runs 20] [--formats torch,onnx,openvino,openvino-bf16,tensorrt]
+                        [--batch 8] [--runs 20] [--formats torch,onnx,openvino,openvino-bf16,onnx-int8,...]
 
 Prints a markdown table (paste it into an issue as it is) with one row per format: the fused torch
-model, ONNX Runtime, OpenVINO (fp32, and bf16 where the CPU runs it natively) and TensorRT. A format
+model, ONNX Runtime, OpenVINO (fp32, and bf16 where the CPU runs it natively), the int8 model of
+``yoloforge quantize`` through ONNX Runtime and OpenVINO (calibrated on 32 images of the data's train
+split; without ``--data`` on random images, which is enough for latency only) and TensorRT. A format
 that cannot run here (not installed, no CUDA, no native bf16) keeps its row, saying why it was skipped.
 Latency is the model call only (float32 NCHW in, ``(B, N, 4 + nc)`` out), ``--runs`` measured calls per batch size after ``--warmup`` unmeasured ones;
 the formats take turns inside each round (round-robin, rotating the start) so that machine noise hits
@@ -24,9 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-FORMATS = ("torch", "onnx", "openvino", "openvino-bf16", "tensorrt")
+FORMATS = ("torch", "onnx", "openvino", "openvino-bf16", "onnx-int8", "openvino-int8", "tensorrt")
+INT8_CALIB = 32  # calibration images of the int8 rows
 ALIASES = {"pytorch": "torch", "onnxruntime": "onnx", "ort": "onnx", "ov": "openvino", "engine": "tensorrt",
-           "trt": "tensorrt", "ov-bf16": "openvino-bf16"}
+           "trt": "tensorrt", "ov-bf16": "openvino-bf16", "int8": "onnx-int8", "ov-int8": "openvino-int8"}
 SETTLE_S = 0.05  # idle time before each measured call (see measure())
 HEADERS = ["format", "runtime", "threads", "b1 p50 ms", "b1 p90 ms", "b1 img/s", "bB p50 ms", "bB p90 ms",
            "bB img/s", "mAP50-95", "mAP50", "note"]
@@ -137,7 +140,7 @@ class TensorRTRunner:
         return outs[0].float()
 
 
-def prepare(fmt: str, weights: Path, imgsz: int, workdir: Path, device: str):
+def prepare(fmt: str, weights: Path, imgsz: int, workdir: Path, device: str, data: str | None = None):
     """(callable on float NCHW, Row, what ``Detector`` opens for mAP: weights or the backend itself); raises to
     mark a skip."""
     from yoloforge.utils.checkpoint import load_model
@@ -175,6 +178,8 @@ def prepare(fmt: str, weights: Path, imgsz: int, workdir: Path, device: str):
         b = OrtBackend(onnx_path)
         intra = b.session.get_session_options().intra_op_num_threads
         return b, Row("onnx", f"onnxruntime {ort.__version__} CPU", str(intra), note="fp32, dynamic batch/HW"), b
+    if fmt in ("onnx-int8", "openvino-int8"):
+        return _prepare_int8(fmt, model, onnx_path, weights, imgsz, workdir, data)
     if fmt in ("openvino", "openvino-bf16"):
         from yoloforge.export.openvino import onnx_to_openvino, require_openvino
         from yoloforge.export.runtime import OpenVINOBackend, native_bf16
@@ -186,11 +191,7 @@ def prepare(fmt: str, weights: Path, imgsz: int, workdir: Path, device: str):
         if not (ir / "model.xml").is_file():
             onnx_to_openvino(onnx_path, ir)
         b = OpenVINOBackend(ir, precision="bf16" if fmt == "openvino-bf16" else "fp32")
-        try:
-            threads = str(b.compiled.get_property("INFERENCE_NUM_THREADS"))
-        except Exception:  # noqa: BLE001 - property names differ across OpenVINO versions
-            threads = "?"
-        return b, Row(fmt, f"openvino {ov.__version__.split('-')[0]} CPU", threads,
+        return b, Row(fmt, f"openvino {ov.__version__.split('-')[0]} CPU", _ov_threads(b),
                       note=f"{b.precision}, LATENCY hint, dynamic batch/HW"), b
     if fmt == "tensorrt":
         from yoloforge.export.tensorrt import export_engine
@@ -201,6 +202,42 @@ def prepare(fmt: str, weights: Path, imgsz: int, workdir: Path, device: str):
         return (TensorRTRunner(engine, model.nc),
                 Row("tensorrt", f"tensorrt {trt.__version__} {torch.cuda.get_device_name(0)}", "-", note="fp16"), None)
     raise ValueError(fmt)
+
+
+def _prepare_int8(fmt, model, onnx_path, weights, imgsz, workdir, data):
+    from yoloforge.export.runtime import OpenVINOBackend, OrtBackend, max_stride
+    from yoloforge.quant.ptq import calibration_batches, quantize_onnx
+
+    q = workdir / f"{weights.stem}_{imgsz}_int8.onnx"
+    if not q.is_file():
+        if data:
+            batches = calibration_batches(data, imgsz, INT8_CALIB, stride=max_stride(model), verbose=False)
+        else:
+            rng = np.random.default_rng(0)
+            batches = [rng.random((1, 3, imgsz, imgsz), dtype=np.float32) for _ in range(4)]
+        quantize_onnx(onnx_path, q, batches)
+    how = f"int8 convs, calibrated on {INT8_CALIB if data else 'random'} images"
+    if fmt == "onnx-int8":
+        import onnxruntime as ort
+
+        b = OrtBackend(q)
+        intra = b.session.get_session_options().intra_op_num_threads
+        return b, Row(fmt, f"onnxruntime {ort.__version__} CPU", str(intra), note=how), b
+    from yoloforge.export.openvino import onnx_to_openvino, require_openvino
+
+    ov = require_openvino()
+    ir = workdir / f"{weights.stem}_{imgsz}_int8_openvino"
+    if not (ir / "model.xml").is_file():
+        onnx_to_openvino(q, ir)
+    b = OpenVINOBackend(ir, precision="fp32")
+    return b, Row(fmt, f"openvino {ov.__version__.split('-')[0]} CPU", _ov_threads(b), note=how + ", rest fp32"), b
+
+
+def _ov_threads(b) -> str:
+    try:
+        return str(b.compiled.get_property("INFERENCE_NUM_THREADS"))
+    except Exception:  # noqa: BLE001 - property names differ across OpenVINO versions
+        return "?"
 
 
 def measure(fns: dict, batches: list[int], imgsz: int, runs: int, warmup: int, settle: float = SETTLE_S) -> dict:
@@ -255,7 +292,7 @@ def benchmark(model: str = "yolov6n", imgsz: int = 640, weights: str | None = No
     fns, rows, paths = {}, [], {}
     for fmt in formats:
         try:
-            fn, row, path = prepare(fmt, wpath, imgsz, work, device)
+            fn, row, path = prepare(fmt, wpath, imgsz, work, device, data)
             fns[row.fmt], paths[row.fmt] = fn, path
         except Exception as e:  # noqa: BLE001 - any failure becomes a visible "skipped" row
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -1,4 +1,4 @@
-"""``yoloforge VERB [options]`` -- one verb per mode: train val predict export benchmark convert scale info demo.
+"""``yoloforge VERB [options]`` -- one verb per mode: train val predict export quantize benchmark convert scale info demo.
 
 Errors a user can fix (missing file, bad label, bad option) print one line and exit 2;
 they never end in a traceback from deep inside torch.
@@ -118,6 +118,19 @@ def cmd_export(a) -> int:
     return 0
 
 
+def cmd_quantize(a) -> int:
+    from yoloforge.quant.ptq import quantize
+
+    exclude = [n.strip() for n in a.exclude.split(",") if n.strip()]
+    rep = quantize(a.weights, a.data, out_dir=a.output, imgsz=a.imgsz, n_calib=a.calib, skip=a.skip,
+                   exclude=exclude, sensitivity=not a.no_sensitivity, openvino=not a.no_openvino,
+                   evaluate=not a.no_val, batch=a.batch)
+    print(rep.table())
+    print(f"report: {Path(rep.onnx).parent / 'report.json'}; run it with: yoloforge predict --weights "
+          f"{rep.openvino + '/model.xml' if rep.openvino else rep.onnx} --source ...")
+    return 0
+
+
 def cmd_info(a) -> int:
     from yoloforge.models.registry import build_model, list_models
     from yoloforge.utils.flops import model_info
@@ -206,6 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-simplify", action="store_true")
     p.add_argument("--output", default=None, help="output path (default: beside the weights)")
 
+    p = sub.add_parser("quantize", help="int8 post-training quantization with a per-layer sensitivity report")
+    p.add_argument("--weights", required=True, help=".safetensors (or an official checkpoint)")
+    p.add_argument("--data", required=True, help="data yaml: calibration images from its train split, mAP on val")
+    p.add_argument("--imgsz", type=int, default=None, help="input size (default: the training size)")
+    p.add_argument("--calib", type=int, default=128, help="number of calibration images")
+    p.add_argument("--skip", type=int, default=0, help="keep the K most int8-sensitive convolutions in float")
+    p.add_argument("--exclude", default="", help="comma list of layers kept in float (names from sensitivity.csv)")
+    p.add_argument("--no-sensitivity", action="store_true", help="skip the per-layer sensitivity analysis")
+    p.add_argument("--no-openvino", action="store_true", help="write the int8 ONNX only")
+    p.add_argument("--no-val", action="store_true", help="do not measure fp32 vs int8 mAP on the val split")
+    p.add_argument("--batch", type=int, default=16, help="val batch size")
+    p.add_argument("--output", default=None, help="output directory (default: <weights stem>_int8/ beside them)")
+
     p = sub.add_parser("info", help="params and GFLOPs (train-time and deployed)")
     p.add_argument("--model", default="")
     p.add_argument("--imgsz", type=int, default=640)
@@ -251,7 +277,7 @@ def _convert(a) -> int:
     return run(a)
 
 
-VERBS = {"train": cmd_train, "val": cmd_val, "predict": cmd_predict, "export": cmd_export, "info": cmd_info,
+VERBS = {"train": cmd_train, "val": cmd_val, "predict": cmd_predict, "export": cmd_export, "quantize": cmd_quantize, "info": cmd_info,
          "demo": cmd_demo, "scale": _scale, "convert": _convert,
          "benchmark": _benchmark}
 

@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 __all__ = ["colors", "draw_detections", "plot_image_grid", "plot_results", "plot_pr_curve", "plot_mc_curve",
-           "plot_confusion_matrix", "plot_labels"]
+           "plot_confusion_matrix", "plot_labels", "plot_sensitivity"]
 
 
 def _palette(n: int = 32) -> np.ndarray:
@@ -286,4 +286,17 @@ def plot_labels(labels, shapes, names, path="labels.png") -> Path:
     ax[2].set(xlabel="width", ylabel="height", title="box sizes", xlim=(0, 1), ylim=(0, 1))
     ax[3].set(title="boxes (common centre)")
     ax[3].axis("off")
+    return _save(fig, path)
+
+
+def plot_sensitivity(layers, values, path="sensitivity.png", top: int = 30) -> Path:
+    """Horizontal bars of the ``top`` most int8-sensitive layers (``values`` sorted descending)."""
+    layers, values = list(layers)[:top], np.asarray(values, dtype=np.float64)[:top]
+    fig = Figure(figsize=(9, 0.25 * len(layers) + 1.2), dpi=100, tight_layout=True)
+    ax = fig.subplots()
+    y = np.arange(len(layers))[::-1]
+    ax.barh(y, values, color="tab:red")
+    ax.set_yticks(y, layers, fontsize=7)
+    ax.set(xlabel="relative output error when quantized alone (scores + boxes)",
+           title=f"int8 sensitivity per layer (top {len(layers)})")
     return _save(fig, path)
