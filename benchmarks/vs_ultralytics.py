@@ -24,7 +24,8 @@ d. validation of coco128 val at 640, wall time: ``Detector.val(backend="auto")``
    runs: on a CPU the fastest runtime at fp32, exported once before timing; rectangular batches) vs
    ``model.val`` (torch; rectangular batches). Both at batch 16, pad 0.5.
 e. end-to-end predict over coco128 val at 640 (read, pre, model, post): ``Detector.predict(backend="auto")``
-   vs ultralytics' default ``model.predict`` (torch; rectangular letterbox). Issue goal: ours >= 4x faster.
+   and the int8 model of ``yoloforge quantize`` (OpenVINO) vs ultralytics' default ``model.predict`` (torch;
+   rectangular letterbox). Issue goal: ours >= 4x faster.
 
 Note: ultralytics' yolov6n is not ours (4.50 M params / 13.0 GFLOPs vs 4.3 M / 11.0 fused): both are
 printed, and the ms-per-GFLOP column normalises model time by FLOPs.
@@ -308,31 +309,41 @@ def part_d(ul, rows, data, weights, rounds, threads):
                  f"ours backend={kind} fp32"])
 
 
-def part_e(ul, rows, weights, rounds, threads_list):
+def part_e(ul, rows, weights, rounds, threads_list, data_train, work):
     from yoloforge.api import Detector
+    from yoloforge.quant.ptq import quantize
 
     src = str(COCO / "images/val2017")
     det = Detector(weights)
-    pred = det.predictor(imgsz=640, backend="auto")  # exported once and cached here: not timed
+    preds = {"auto": det.predictor(imgsz=640, backend="auto")}  # exported once and cached here: not timed
+    # `yoloforge quantize` of the same weights (32 coco128 train images; not timed), run by OpenVINO
+    rep = quantize(weights, data_train, out_dir=work / "int8", n_calib=32, sensitivity=False, evaluate=False,
+                   verbose=False)
+    preds["int8"] = Detector(str(Path(rep.openvino) / "model.xml")).predictor(imgsz=640)
 
-    sum(1 for _ in pred(src, stream=True))  # warm-up pass
+    for p in preds.values():
+        sum(1 for _ in p(src, stream=True))  # warm-up pass
     ul("predict", name="yolov6n", source=src, imgsz=640, threads=threads_list[0])  # warm-up pass
-    ours, theirs = {th: [] for th in threads_list}, {th: [] for th in threads_list}
+    ours = {k: {th: [] for th in threads_list} for k in preds}
+    theirs = {th: [] for th in threads_list}
     for _ in range(rounds):
-        for th in threads_list:  # image by image in lock-step: ours one image, theirs one image, ...
-            gen = pred(src, stream=True)
+        for th in threads_list:  # image by image in lock-step: ours one image (each variant), theirs one image, ...
+            gens = {k: p(src, stream=True) for k, p in preds.items()}
             ul.start("predict", name="yolov6n", source=src, imgsz=640, threads=th, lockstep=True)
             while ul.wait_tick():
-                t = time.perf_counter()
-                next(gen, None)
-                ours[th].append(time.perf_counter() - t)
+                for k, gen in gens.items():
+                    t = time.perf_counter()
+                    next(gen, None)
+                    ours[k][th].append(time.perf_counter() - t)
                 ul.go()
             theirs[th] += ul.result["per_image"][1:]
-    kind = getattr(pred.model, "kind", "torch")
-    for th, v in theirs.items():
-        o, t = med_ms(ours[th][1:]), med_ms(v)
-        rows.append([f"(e) predict e2e ms/img vs ul default ({th} thr)", o, t, o / t,
-                     f"ours backend={kind}; speedup {t / o:.2f}x (goal >= 4x); means {1e3 * statistics.fmean(ours[th]):.0f} vs {1e3 * statistics.fmean(v):.0f}"])
+    for k, p in preds.items():
+        kind = getattr(p.model, "kind", "torch") + (" int8" if k == "int8" else "")
+        for th, v in theirs.items():
+            o, t = med_ms(ours[k][th][1:]), med_ms(v)
+            rows.append([f"(e) predict e2e ms/img, ours {k} vs ul default ({th} thr)", o, t, o / t,
+                         f"ours backend={kind}; speedup {t / o:.2f}x (goal >= 4x); means "
+                         f"{1e3 * statistics.fmean(ours[k][th]):.0f} vs {1e3 * statistics.fmean(v):.0f}"])
 
 
 def main() -> int:
@@ -372,7 +383,7 @@ def main() -> int:
                       ("b", lambda: part_b(ul, rows, info, work, a.n)),
                       ("c", lambda: part_c(ul, rows, data_train, work, a.rounds, threads)),
                       ("d", lambda: part_d(ul, rows, data, weights, a.rounds, threads)),
-                      ("e", lambda: part_e(ul, rows, weights, a.rounds, [hello["default_threads"], threads]))):
+                      ("e", lambda: part_e(ul, rows, weights, a.rounds, [hello["default_threads"], threads], data_train, work))):
             if p in parts:
                 t = time.perf_counter()
                 fn()

@@ -170,7 +170,7 @@ def quantize(weights: str | Path, data: str | Path, out_dir: str | Path | None =
     if sensitivity or skip:
         from yoloforge.quant.sensitivity import layer_sensitivity
 
-        ranked = layer_sensitivity(model, batches[:min(len(batches), 16)], verbose=verbose)
+        ranked = layer_sensitivity(model, batches[:8], verbose=verbose)
         rep.sensitivity = [[s.name, s.sensitivity, s.score_err, s.box_err] for s in ranked]
         skip_names += [s.name for s in ranked[:skip] if s.name not in skip_names]
         _write_sensitivity(ranked, out_dir)
