@@ -256,3 +256,21 @@ def test_yolov7_activation_decides_the_variant(files):
     assert describe(read_checkpoint(files["v7"]))["acts"] == {"lrelu"}
     with pytest.raises(ConvertError, match="yolov7-tiny-silu: activation silu, the checkpoint uses lrelu"):
         load_official(files["v7"], variant="yolov7-tiny-silu")
+
+
+def test_official_checkpoints_run_through_cpu_runtimes(files):
+    """`--backend auto` exports official checkpoints (a darknet one needs its cfg) to the fastest CPU runtime,
+    cached beside the file; its output equals the converted torch model's."""
+    pytest.importorskip("onnxruntime")
+    from yoloforge import Detector
+
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    for d, stem in ((Detector(str(files["v4"]), cfg=str(files["cfg"])), "yolov4-tiny"),
+                    (Detector(str(files["v6"])), "yolov6n_train")):
+        rt = d.runtime("onnxruntime", imgsz=64)
+        assert rt.kind == "onnxruntime" and Path(rt.path).parent == files["tmp"] / f"{stem}_deploy"
+        with torch.no_grad():
+            ref = d._deploy_model()(x)
+        assert (torch.as_tensor(rt(x.numpy())) - ref).abs().max() < 1e-3
+        with pytest.raises(ValueError, match="yoloforge convert"):
+            d.quantize("data.yaml")

@@ -42,6 +42,7 @@ class Detector:
         self.device = default_device(device)
         self.meta: dict = {}
         self.backend = None  # an exported model (ONNX / OpenVINO) run through yoloforge.export.runtime
+        self._source: Path | None = None  # an official checkpoint this Detector was converted from
         src = str(model)
         if isinstance(model, Backend) or is_exported(src):
             from yoloforge.export import load_backend
@@ -53,7 +54,8 @@ class Detector:
             self.weights = Path(src)
         elif Path(src).is_file():
             self.model, self.meta = load_model(src, cfg=cfg)
-            self.weights = None  # not a yoloforge file: runtimes export from the model itself
+            self.weights = None  # not a yoloforge file (training and quantize start from the converted model)
+            self._source = Path(src)  # runtimes cache their export beside it, keyed by its hash
         else:
             self.model = build_model(src, nc=len(names) if names else nc)
             self.model.names = list(names) if names else [str(i) for i in range(self.model.nc)]
@@ -164,14 +166,15 @@ class Detector:
         """The callable that runs the model: the fused torch module or an exported runtime."""
         if self.backend is not None:
             return self.backend
-        if backend == "torch" or (backend == "auto" and (self.device != "cpu" or self.weights is None)):
+        path = self.weights or self._source
+        if backend == "torch" or (backend == "auto" and (self.device != "cpu" or path is None)):
             return self._deploy_model()
-        if self.weights is None:
+        if path is None:
             raise ValueError("runtime backends need saved weights: save() or train() first")
         from yoloforge.export import best_cpu_backend
 
         prefer = None if backend == "auto" else [backend]
-        rt, msg = best_cpu_backend(self.weights, imgsz=imgsz or self.imgsz, prefer=prefer, precision=precision,
+        rt, msg = best_cpu_backend(path, imgsz=imgsz or self.imgsz, prefer=prefer, precision=precision,
                                    loaded=(self.model, self.meta))
         LOG.info(msg)
         return rt
@@ -199,7 +202,8 @@ class Detector:
         from yoloforge.quant.ptq import quantize
 
         if self.weights is None or self.model is None:
-            raise ValueError("quantize needs saved torch weights: save() or train() first")
+            raise ValueError("quantize needs .safetensors weights: `yoloforge convert` an official checkpoint, "
+                             "or save() / train() first")
         return quantize(self.weights, data, **kw)
 
     def info(self, imgsz: int = 640) -> dict:
