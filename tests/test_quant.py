@@ -11,7 +11,7 @@ from helpers import randomize_bn
 from yoloforge import Detector
 from yoloforge.cli import main
 from yoloforge.models.registry import build_model
-from yoloforge.quant.sensitivity import conv_layers, fake_quant_activation, fake_quant_weight, layer_sensitivity
+from yoloforge.quant.sensitivity import fake_quant_activation, fake_quant_weight, layer_sensitivity
 from yoloforge.utils.checkpoint import save_weights
 
 onnx = pytest.importorskip("onnx")
