@@ -123,14 +123,12 @@ class Detector:
                              f"validate a model exported without --nms")
         if self.backend is not None and imgsz and imgsz != self.backend.imgsz:
             raise ValueError(f"{self.weights}: exported for imgsz {self.backend.imgsz}, not {imgsz}")
-        from yoloforge.export.runtime import max_stride
+        from yoloforge.export.runtime import rect_stride
 
         model = self.runtime(backend, imgsz, precision="fp32")
-        is_module = isinstance(model, torch.nn.Module)
-        rect = rect and (is_module or model.dynamic_hw)
-        stride = max_stride(model) if is_module else model.stride
+        stride = rect_stride(model) if rect else None  # None: square (or a static-shape export)
         ds = DetectionDataset(source, cfg.names, imgsz=imgsz or self.imgsz, augment=False, verbose=verbose,
-                              stride=stride, rect_batch=batch if rect else 0)
+                              stride=stride or 32, rect_batch=batch if stride else 0)
         loader = build_dataloader(ds, batch, workers, shuffle=False, seed=0)
         m = evaluate(model, loader, cfg.names, conf=conf, iou=iou, device=self.device, save_dir=save_dir,
                      save_json=save_json, plots=plots, verbose=verbose)

@@ -170,29 +170,35 @@ def prepare(fmt: str, weights: Path, imgsz: int, workdir: Path, device: str, dat
         from yoloforge.export.onnx import export_onnx
 
         export_onnx(model, onnx_path, imgsz=imgsz, dynamic=True, names=model.names)
-    if fmt == "onnx":
+    note = "dynamic batch/HW"
+    if fmt in ("onnx-int8", "openvino-int8"):
+        onnx_path, note = _int8_onnx(model, onnx_path, weights, imgsz, workdir, data)
+    if fmt in ("onnx", "onnx-int8"):
         import onnxruntime as ort
 
         from yoloforge.export.runtime import OrtBackend
 
         b = OrtBackend(onnx_path)
         intra = b.session.get_session_options().intra_op_num_threads
-        return b, Row("onnx", f"onnxruntime {ort.__version__} CPU", str(intra), note="fp32, dynamic batch/HW"), b
-    if fmt in ("onnx-int8", "openvino-int8"):
-        return _prepare_int8(fmt, model, onnx_path, weights, imgsz, workdir, data)
-    if fmt in ("openvino", "openvino-bf16"):
+        return b, Row(fmt, f"onnxruntime {ort.__version__} CPU", str(intra),
+                      note=note if fmt == "onnx-int8" else f"fp32, {note}"), b
+    if fmt in ("openvino", "openvino-bf16", "openvino-int8"):
         from yoloforge.export.openvino import onnx_to_openvino, require_openvino
         from yoloforge.export.runtime import OpenVINOBackend, native_bf16
 
         ov = require_openvino()
         if fmt == "openvino-bf16" and not native_bf16():
             raise RuntimeError("this CPU has no native bf16 (AVX512-BF16 or AMX)")
-        ir = workdir / f"{weights.stem}_{imgsz}_openvino"
+        ir = workdir / f"{onnx_path.stem}_openvino"
         if not (ir / "model.xml").is_file():
             onnx_to_openvino(onnx_path, ir)
         b = OpenVINOBackend(ir, precision="bf16" if fmt == "openvino-bf16" else "fp32")
-        return b, Row(fmt, f"openvino {ov.__version__.split('-')[0]} CPU", _ov_threads(b),
-                      note=f"{b.precision}, LATENCY hint, dynamic batch/HW"), b
+        try:
+            threads = str(b.compiled.get_property("INFERENCE_NUM_THREADS"))
+        except Exception:  # noqa: BLE001 - property names differ across OpenVINO versions
+            threads = "?"
+        return b, Row(fmt, f"openvino {ov.__version__.split('-')[0]} CPU", threads,
+                      note=f"{note}, rest fp32" if fmt == "openvino-int8" else f"{b.precision}, LATENCY hint, {note}"), b
     if fmt == "tensorrt":
         from yoloforge.export.tensorrt import export_engine
 
@@ -204,8 +210,9 @@ def prepare(fmt: str, weights: Path, imgsz: int, workdir: Path, device: str, dat
     raise ValueError(fmt)
 
 
-def _prepare_int8(fmt, model, onnx_path, weights, imgsz, workdir, data):
-    from yoloforge.export.runtime import OpenVINOBackend, OrtBackend, max_stride
+def _int8_onnx(model, onnx_path, weights, imgsz, workdir, data) -> tuple[Path, str]:
+    """The int8 QDQ model of ``yoloforge quantize`` for the int8 rows (cached in ``workdir``) and its note."""
+    from yoloforge.export.runtime import max_stride
     from yoloforge.quant.ptq import calibration_batches, quantize_onnx
 
     q = workdir / f"{weights.stem}_{imgsz}_int8.onnx"
@@ -216,28 +223,7 @@ def _prepare_int8(fmt, model, onnx_path, weights, imgsz, workdir, data):
             rng = np.random.default_rng(0)
             batches = [rng.random((1, 3, imgsz, imgsz), dtype=np.float32) for _ in range(4)]
         quantize_onnx(onnx_path, q, batches)
-    how = f"int8 convs, calibrated on {INT8_CALIB if data else 'random'} images"
-    if fmt == "onnx-int8":
-        import onnxruntime as ort
-
-        b = OrtBackend(q)
-        intra = b.session.get_session_options().intra_op_num_threads
-        return b, Row(fmt, f"onnxruntime {ort.__version__} CPU", str(intra), note=how), b
-    from yoloforge.export.openvino import onnx_to_openvino, require_openvino
-
-    ov = require_openvino()
-    ir = workdir / f"{weights.stem}_{imgsz}_int8_openvino"
-    if not (ir / "model.xml").is_file():
-        onnx_to_openvino(q, ir)
-    b = OpenVINOBackend(ir, precision="fp32")
-    return b, Row(fmt, f"openvino {ov.__version__.split('-')[0]} CPU", _ov_threads(b), note=how + ", rest fp32"), b
-
-
-def _ov_threads(b) -> str:
-    try:
-        return str(b.compiled.get_property("INFERENCE_NUM_THREADS"))
-    except Exception:  # noqa: BLE001 - property names differ across OpenVINO versions
-        return "?"
+    return q, f"int8 convs, calibrated on {INT8_CALIB if data else 'random'} images"
 
 
 def measure(fns: dict, batches: list[int], imgsz: int, runs: int, warmup: int, settle: float = SETTLE_S) -> dict:

@@ -1,7 +1,7 @@
 """DetectionDataset: images + validated labels -> fixed-size training/validation samples.
 
-``ds[i] -> (img uint8 tensor (3, S, S) RGB (3, h, w) in rectangular validation batches, labels float32 tensor (n, 5) [cls, x1, y1, x2, y2] pixels,
-meta dict(path, orig_shape=(h0, w0), ratio_pad=((rx, ry), (px, py))))``.
+``ds[i] -> (img uint8 tensor (3, S, S) RGB -- (3, h, w) in rectangular validation batches --, labels float32
+tensor (n, 5) [cls, x1, y1, x2, y2] pixels, meta dict(path, orig_shape=(h0, w0), ratio_pad=((rx, ry), (px, py))))``.
 
 Training samples (``augment=True``) are built by :class:`yoloforge.data.augment.Augmenter` (mosaic or
 letterbox + affine, then mixup, HSV, flips) with a generator seeded from ``(seed, epoch, index)``, so
@@ -102,11 +102,12 @@ class DetectionDataset(Dataset):
         if batch < 1:
             raise ValueError(f"rect_batch must be >= 1, got {batch}")
         hw = np.asarray(self.shapes, np.float64).reshape(-1, 2)
-        order = np.argsort(hw[:, 0] / np.maximum(hw[:, 1], 1), kind="stable")
+        ratio = hw[:, 0] / np.maximum(hw[:, 1], 1)  # h/w
+        order = np.argsort(ratio, kind="stable")
         self.img_files = [self.img_files[i] for i in order]
         self.labels = [self.labels[i] for i in order]
         self.shapes = np.asarray(self.shapes)[order]
-        ar = hw[order, 0] / np.maximum(hw[order, 1], 1)
+        ar = ratio[order]
         nb = (len(ar) + batch - 1) // batch
         rel = np.ones((nb, 2))
         for k in range(nb):

@@ -124,8 +124,8 @@ class ThreadLoader:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(self.num_workers, thread_name_prefix="yoloforge-load") as ex:
-            ahead, it = deque(), self._batches()
-            for b in it:  # keep 2 * workers batches in flight, hand them out in order
+            ahead = deque()
+            for b in self._batches():  # keep 2 * workers batches in flight, hand them out in order
                 ahead.append(ex.submit(self._load, b))
                 if len(ahead) >= 2 * self.num_workers:
                     yield ahead.popleft().result()

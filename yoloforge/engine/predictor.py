@@ -154,15 +154,13 @@ class Predictor:
     def __init__(self, model, names: list[str], imgsz: int = 640, conf: float = 0.25, iou: float = 0.45,
                  max_det: int = 300, classes: list[int] | None = None, batch: int = 1, device="cpu",
                  agnostic: bool = False, nms_kind: str = "iou", rect: bool = True):
-        from yoloforge.export.runtime import max_stride
+        from yoloforge.export.runtime import rect_stride
 
         if isinstance(model, torch.nn.Module):
             model = model.to(device).eval()
             if not getattr(model, "fused", False):
                 model.fuse()
-            self.rect_stride = max_stride(model) if rect else None
-        else:  # a runtime backend: rectangles only where its graph takes any height/width
-            self.rect_stride = int(model.stride) if rect and getattr(model, "dynamic_hw", False) else None
+        self.rect_stride = rect_stride(model) if rect else None  # None: the square letterbox
         self.model, self.names, self.imgsz = model, list(names), int(imgsz)
         self.conf, self.iou, self.max_det, self.classes = conf, iou, max_det, classes
         self.batch, self.device, self.agnostic, self.nms_kind = max(int(batch), 1), torch.device(device), agnostic, nms_kind

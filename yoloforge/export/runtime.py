@@ -62,6 +62,15 @@ def max_stride(model, default: int = 32) -> int:
     return int(max(torch.as_tensor(st).flatten().tolist())) if st is not None and len(st) else default
 
 
+def rect_stride(model) -> int | None:
+    """The stride whose every multiple ``model`` takes as a height or width -- a torch module, or a runtime
+    exported with dynamic height/width -- so it can run rectangular letterboxes; None for a static-shape
+    export (its square only)."""
+    if isinstance(model, torch.nn.Module):
+        return max_stride(model)
+    return int(model.stride) if getattr(model, "dynamic_hw", False) else None
+
+
 def _as_numpy(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().float().numpy()
