@@ -289,7 +289,8 @@ def test_cosine_lr_and_mosaic_switches():
     hyp = dict(lrf=0.2, cos_lr=True)
     cos, lin = lr_lambda(hyp, 100), lr_lambda({**hyp, "cos_lr": False}, 100)
     assert cos(0) == pytest.approx(1) and cos(100) == pytest.approx(0.2) and cos(50) == pytest.approx(0.6)
-    assert cos(25) == pytest.approx(1 - 0.8 * (1 - math.cos(math.pi / 4)) / 2) and lin(25) == pytest.approx(0.8)
+    assert cos(25) == pytest.approx(1 - 0.8 * (1 - math.cos(math.pi / 4)) / 2) and lin(25) == pytest.approx(1 - 0.8 * 25 / 99)
+    assert lin(99) == pytest.approx(0.2)  # yolov7 --linear-lr: (1 - e / (E - 1)) (1 - lrf) + lrf
     base = _tile_loader(96)
     for p, n in ((1.0, 4), (0.0, 1)):
         calls = []

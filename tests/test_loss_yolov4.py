@@ -91,7 +91,7 @@ def test_label_smoothing_targets():
     assert smooth_bce_targets(0.0) == (1.0, 0.0)
     assert smooth_bce_targets(0.1) == pytest.approx((0.95, 0.05))
     nc, eps = 4, 0.2
-    loss = YOLOv4Loss(nc, ANCHORS, STRIDES, dict(label_smoothing=eps, box=0.0, obj=0.0, cls=80 / nc))
+    loss = YOLOv4Loss(nc, ANCHORS, STRIDES, dict(label_smoothing=eps, box=0.0, obj=0.0, cls=80 / nc, anchor_match="iou"))
     preds = [torch.zeros(1, 3, h, w, 5 + nc) for h, w in SHAPES]
     t = torch.tensor([box(36, 28, 32, 60, c=1)], dtype=torch.float32)
     # logit 0 gives BCE log 2 whatever the target, so level 1 gets non-zero class logits

@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-# Shared by every family (YOLOv5-style recipe that YOLOv6 0.2.0 and YOLOv7 both start from).
+# Shared by every family: the training loop of the official scripts (WongKinYiu/yolov7 train.py,
+# ScaledYOLOv4 train.py, meituan/YOLOv6@0.2.0 yolov6/core/engine.py + solver/build.py; they agree on all of it).
 _COMMON = dict(
     lr0=0.01,  # initial learning rate (SGD)
     lrf=0.01,  # final lr = lr0 * lrf (cosine)
@@ -26,7 +27,16 @@ _COMMON = dict(
     cos_lr=True,
     ema_decay=0.9999,
     ema_tau=2000.0,
-    grad_clip=10.0,  # max gradient norm, 0 disables
+    # the official loop (README "Differences from the official code" lists each switch):
+    warmup_min_iters=1000,  # warm-up is max(round(warmup_epochs * batches), 1000) iterations
+    warmup_max_fraction=0.0,  # 0 = no cap (official); yoloforge's small-data recipe caps it at 1/3 of the run
+    warmup_accumulate=True,  # gradient accumulation ramps from 1 to nbs/batch over the warm-up
+    sched_lag=True,  # after warm-up epoch e uses lf(e - 1): LambdaLR stepped once per epoch after it
+    grad_clip=0.0,  # max gradient norm, 0 = no clipping (no official repo clips)
+    step_rule="modulo",  # optimizer step when it % accumulate == 0 (yolov7, ScaledYOLOv4); "since_last": YOLOv6
+    shuffle=True,
+    close_mosaic=0,  # epochs at the end without mosaic/mixup (YOLOv6: 15, its --stop_aug_last_n_epoch)
+    init_fp16_round=False,  # yolov7 train.py rounds the initial weights through fp16 once
     # augmentation
     hsv_h=0.015,
     hsv_s=0.7,
@@ -34,21 +44,26 @@ _COMMON = dict(
     degrees=0.0,
     translate=0.1,
     scale=0.5,
+    scale_bias=0.0,  # scale gain in [1 - scale, 1 + scale + scale_bias]
     shear=0.0,
     perspective=0.0,
     flipud=0.0,
     fliplr=0.5,
     mosaic=1.0,
     mixup=0.0,
+    mixup_beta=8.0,  # MixUp ratio ~ Beta(b, b): 8 in yolov7 / ScaledYOLOv4 utils/datasets.py, 32 in YOLOv6
     cutmix=0.0,  # CutMix probability (YOLOv4 BoF)
     multi_scale=False,  # random input size per batch, 0.5x..1.5x (YOLOv4 BoF)
     sat_eps=0.0,  # self-adversarial training step size (0 = off; YOLOv4 BoF)
     cmbn=False,  # cross mini-batch normalization over the accumulation window (YOLOv4)
 )
 
+_YOLOV7 = dict(simota_dedup=False, lead_topk=0, shuffle=False, init_fp16_round=True, scale_bias=0.1)
+
 HYP_PRESETS: dict[str, dict[str, Any]] = {
-    # meituan/YOLOv6@0.2.0 configs/yolov6s.py solver + data_aug; loss weights and assigner settings
-    # from yolov6/models/loss.py defaults (class 1.0, iou 2.5, dfl 0.5; ATSS warm-up 4 epochs).
+    # meituan/YOLOv6@0.2.0 configs/yolov6s.py solver + data_aug; loss weights and assigner settings from
+    # yolov6/models/loss.py defaults (class 1.0, iou 2.5, dfl 0.5; ATSS warm-up 4 epochs); engine.py: the
+    # step rule, tools/train.py: --stop_aug_last_n_epoch 15; data_augment.py mixup Beta(32, 32).
     "yolov6": dict(
         _COMMON,
         loss_cls=1.0,
@@ -59,43 +74,63 @@ HYP_PRESETS: dict[str, dict[str, Any]] = {
         tal_topk=13,
         tal_alpha=1.0,
         tal_beta=6.0,
+        score_sum="raw",
+        assign_argmax_positive=False,
+        step_rule="since_last",
+        close_mosaic=15,
+        mixup_beta=32.0,
     ),
     # WongKinYiu/yolov7 data/hyp.scratch.p5.yaml (box/cls/obj gains are scaled at run time by the number of
-    # levels, classes and image size, as in its train.py)
+    # levels, classes and image size, as in its train.py). paste_in needs polygon segments: not built.
     "p5": dict(
-        _COMMON, lrf=0.1, box=0.05, cls=0.3, cls_pw=1.0, obj=0.7, obj_pw=1.0, iou_t=0.20, anchor_t=4.0,
+        _COMMON, **_YOLOV7, lrf=0.1, box=0.05, cls=0.3, cls_pw=1.0, obj=0.7, obj_pw=1.0, iou_t=0.20, anchor_t=4.0,
         fl_gamma=0.0, translate=0.2, scale=0.9, mixup=0.15, paste_in=0.15, loss_ota=1, aux_weight=0.25,
     ),
     # data/hyp.scratch.tiny.yaml
     "tiny": dict(
-        _COMMON, lrf=0.01, box=0.05, cls=0.5, cls_pw=1.0, obj=1.0, obj_pw=1.0, iou_t=0.20, anchor_t=4.0,
+        _COMMON, **_YOLOV7, lrf=0.01, box=0.05, cls=0.5, cls_pw=1.0, obj=1.0, obj_pw=1.0, iou_t=0.20, anchor_t=4.0,
         fl_gamma=0.0, translate=0.1, scale=0.5, mixup=0.05, paste_in=0.05, loss_ota=1, aux_weight=0.25,
     ),
     # data/hyp.scratch.p6.yaml
     "p6": dict(
-        _COMMON, lrf=0.2, box=0.05, cls=0.3, cls_pw=1.0, obj=0.7, obj_pw=1.0, iou_t=0.20, anchor_t=4.0,
+        _COMMON, **_YOLOV7, lrf=0.2, box=0.05, cls=0.3, cls_pw=1.0, obj=0.7, obj_pw=1.0, iou_t=0.20, anchor_t=4.0,
         fl_gamma=0.0, translate=0.2, scale=0.9, mixup=0.15, paste_in=0.15, loss_ota=1, aux_weight=0.25,
     ),
-    # Scaled-YOLOv4: WongKinYiu/ScaledYOLOv4@yolov4-csp data/hyp.scratch.yaml (CIoU and iou_t 0.2 agree with
-    # darknet cfg/yolov4-csp.cfg iou_thresh=0.2). label_smoothing 0 as in the official training (the YOLOv4
-    # paper's BoF value is 0.1).
+    # Scaled-YOLOv4: WongKinYiu/ScaledYOLOv4@yolov4-csp data/hyp.scratch.yaml; loss utils/loss.py
+    # compute_loss: CIoU, anchors by the wh-ratio rule (anchor_t; its iou_t line is commented out),
+    # label_smoothing 0 (the YOLOv4 paper's BoF value is 0.1); loader without shuffle.
     "yolov4": dict(
         _COMMON, lrf=0.2, box=0.05, cls=0.3, cls_pw=1.0, obj=0.7, obj_pw=1.0, iou_t=0.20, anchor_t=4.0,
-        label_smoothing=0.0, iou_loss="ciou", gr=1.0, anchor_match="iou", neighbor_cells=True,
-        translate=0.1, scale=0.9, mosaic=1.0, mixup=0.0,
+        label_smoothing=0.0, iou_loss="ciou", gr=1.0, anchor_match="ratio", neighbor_cells=True,
+        neighbor_rule="fraction", translate=0.1, scale=0.9, mosaic=1.0, mixup=0.0, shuffle=False,
     ),
 }
 
-# Per-variant differences inside a family (sources: meituan/YOLOv6@0.2.0 configs/yolov6{n,m,l}.py).
+# Named recipes laid over a family preset (``--hyp small-data``): not the official training, each key a
+# documented deviation. "small-data" is yoloforge's recipe before the official mode: a warm-up of at least
+# 100 iterations but at most a third of the run (the official 1000-iteration minimum is the whole of a short
+# run on a small dataset), gradient clipping at norm 10, the YOLOv6 normalizer max(sum, 1), shuffled
+# batches and mosaic closed for the last 15 epochs in every family.
+RECIPES: dict[str, dict[str, Any]] = {
+    "small-data": dict(warmup_min_iters=100, warmup_max_fraction=1 / 3, grad_clip=10.0, score_sum="clamp1",
+                       shuffle=True, close_mosaic=15, sched_lag=False, warmup_accumulate=False, step_rule="epoch"),
+}
+
+# Per-variant differences inside a family (sources: meituan/YOLOv6@0.2.0 configs/yolov6{n,t,m,l,l_relu}.py).
 VARIANT_HYP: dict[str, dict[str, Any]] = {
     "yolov6n": dict(lr0=0.02),
     "yolov6t": dict(lr0=0.01),
-    "yolov6m": dict(mixup=0.1),
-    "yolov6l": dict(mixup=0.1),
-    # ScaledYOLOv4@yolov4-large data/hyp.scratch.yaml
-    "yolov4-p5": dict(cls=0.5, obj=1.0, translate=0.5, scale=0.5, warmup_momentum=0.9),
-    "yolov4-p6": dict(cls=0.5, obj=1.0, translate=0.5, scale=0.5, warmup_momentum=0.9),
-    "yolov4-p7": dict(cls=0.5, obj=1.0, translate=0.5, scale=0.5, warmup_momentum=0.9),
+    "yolov6m": dict(scale=0.9, mixup=0.1),
+    "yolov6l": dict(scale=0.9, mixup=0.1),
+    "yolov6l-relu": dict(scale=0.9, mixup=0.1),
+    # ScaledYOLOv4@yolov4-large data/hyp.scratch.yaml; its train.py: warm-up momentum 0.9, lr floor 0.2
+    # (cosine * 0.8 + 0.2), mosaic always; its utils/general.py build_targets picks the right / lower
+    # neighbour cell by the inverse-fraction rule (as yolov7)
+    "yolov4-p5": dict(cls=0.5, obj=1.0, translate=0.5, scale=0.5, warmup_momentum=0.9, neighbor_rule="inverse"),
+    "yolov4-p6": dict(cls=0.5, obj=1.0, translate=0.5, scale=0.5, warmup_momentum=0.9, neighbor_rule="inverse"),
+    "yolov4-p7": dict(cls=0.5, obj=1.0, translate=0.5, scale=0.5, warmup_momentum=0.9, neighbor_rule="inverse"),
+    # no PyTorch recipe exists for the darknet-decoded tiny model: darknet's [yolo] iou_thresh rule
+    "yolov4-tiny": dict(anchor_match="iou"),
 }
 
 
@@ -111,7 +146,9 @@ def load_hyp(preset: str, model_name: str = "", source: str | Path | dict | None
         raise ValueError(f"unknown hyper-parameter preset {preset!r}; known: {', '.join(sorted(HYP_PRESETS))}")
     hyp = dict(HYP_PRESETS[preset])
     hyp.update(VARIANT_HYP.get(model_name, {}))
-    if isinstance(source, (str, Path)) and str(source) in HYP_PRESETS:
+    if isinstance(source, (str, Path)) and str(source) in RECIPES:
+        hyp.update(RECIPES[str(source)])
+    elif isinstance(source, (str, Path)) and str(source) in HYP_PRESETS:
         hyp.update(HYP_PRESETS[str(source)])
     elif isinstance(source, (str, Path)):
         p = Path(source)
@@ -136,6 +173,8 @@ def _check_hyp(hyp: dict) -> None:
         v = hyp.get(key)
         if not isinstance(v, (int, float)) or v < 0:
             raise ValueError(f"hyp {key} must be a non-negative number, got {v!r}")
+    if hyp.get("step_rule", "modulo") not in ("modulo", "since_last", "epoch"):
+        raise ValueError(f"hyp step_rule must be modulo, since_last or epoch, got {hyp.get('step_rule')!r}")
     for key in ("mosaic", "mixup", "cutmix", "fliplr", "flipud"):
         v = hyp.get(key)
         if not isinstance(v, (int, float)) or not 0 <= v <= 1:
@@ -166,7 +205,7 @@ class TrainConfig:
     deterministic: bool = False
     amp: bool = True  # used on CUDA only
     val_interval: int = 1
-    close_mosaic: int = 15  # epochs at the end trained without mosaic/mixup
+    close_mosaic: int = -1  # epochs at the end trained without mosaic/mixup; -1 = the preset's (YOLOv6 15, else 0)
     patience: int = 0  # stop after this many epochs without improvement (0 = never)
     sync_bn: bool = False
     cache: str = ""  # "" or "ram"
@@ -184,7 +223,7 @@ class TrainConfig:
             "nbs": self.nbs >= 1,
             "workers": self.workers >= 0,
             "val_interval": self.val_interval >= 1,
-            "close_mosaic": self.close_mosaic >= 0,
+            "close_mosaic": self.close_mosaic >= -1,
             "patience": self.patience >= 0,
             "conf": 0 <= self.conf <= 1,
             "iou": 0 < self.iou <= 1,

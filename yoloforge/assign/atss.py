@@ -5,7 +5,7 @@ For every ground truth ``g``:
 
 1. on each pyramid level take the ``topk`` anchors whose centres are closest to the centre of ``g``;
 2. ``t_g = mean + std`` of the IoUs between these candidates' anchor boxes and ``g``;
-3. positives are the candidates with ``IoU >= t_g`` whose centre lies inside ``g``;
+3. positives are the candidates with ``IoU > t_g`` whose centre lies inside ``g``;
 4. an anchor positive for several gts keeps the one of highest IoU.
 
 YOLOv6 (Li et al., 2022, sec. 2.3.1) uses ATSS for the first ``warmup_epochs`` epochs with ``topk = 9``,
@@ -32,8 +32,9 @@ class ATSSAssigner(nn.Module):
     target_bboxes (B, N, 4), target_scores (B, N, nc), fg_mask (B, N) bool)``.
     """
 
-    def __init__(self, topk: int = 9, num_classes: int = 80):
+    def __init__(self, topk: int = 9, num_classes: int = 80, argmax_all: bool = True):
         super().__init__()
+        self.argmax_all = bool(argmax_all)
         self.topk = int(topk)
         self.num_classes = int(num_classes)
         self.bg_idx = self.num_classes
@@ -81,11 +82,11 @@ class ATSSAssigner(nn.Module):
             thr = cand_ious.mean(-1, keepdim=True) + cand_ious.std(-1, keepdim=True)
         else:
             thr = cand_ious
-        is_pos = is_cand & (overlaps >= thr)
+        is_pos = is_cand & (overlaps > thr)  # strictly above, as the official code
         in_gts = select_candidates_in_gts(anc_ctr, gt_bboxes)
         mask_pos = is_pos & in_gts & mask_gt
 
-        target_gt_idx, fg_mask, mask_pos = select_highest_overlaps(mask_pos, overlaps)
+        target_gt_idx, fg_mask, mask_pos = select_highest_overlaps(mask_pos, overlaps, self.argmax_all)
         target_labels, target_bboxes, target_scores = gather_targets(
             gt_labels, gt_bboxes, target_gt_idx, fg_mask, self.num_classes)
 

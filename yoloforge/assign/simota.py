@@ -86,3 +86,26 @@ def simota_assign(gt_boxes: torch.Tensor, gt_labels: torch.Tensor, gt_mask: torc
     cost, ious = simota_cost(gt_boxes, gt_labels, pred_boxes.float(), cls_logits.float(), obj_logits.float(),
                              iou_weight)
     return dynamic_k_matching(cost, ious, gt_mask.bool(), cand_mask.bool(), topk)
+
+
+def dynamic_k_matching_rows(cost: torch.Tensor, ious: torch.Tensor, topk: int = 10) -> torch.Tensor:
+    """Dynamic-k assignment of ONE image, row by row as the official loop does it.
+
+    ``cost``, ``ious`` (M, K) without padding. Each gt takes ``torch.topk(cost_g, k_g, largest=False)``
+    on its own row, so candidates of equal cost (duplicate columns) are chosen exactly as in the
+    official code. Returns matched (K,) long (gt index or -1).
+    """
+    m, k = cost.shape
+    if m == 0 or k == 0:
+        return torch.full((k,), -1, dtype=torch.long, device=cost.device)
+    dyn_k = ious.topk(min(int(topk), k), dim=1).values.sum(1).int().clamp(min=1)
+    matching = torch.zeros_like(cost)
+    for g in range(m):
+        matching[g, cost[g].topk(int(dyn_k[g]), largest=False).indices] = 1.0
+    multi = matching.sum(0) > 1
+    if multi.any():
+        best = cost[:, multi].argmin(0)
+        matching[:, multi] = 0.0
+        matching[best, multi] = 1.0
+    matched = matching.argmax(0)
+    return torch.where(matching.sum(0) > 0, matched, torch.full_like(matched, -1))

@@ -6,7 +6,7 @@ For every ground truth ``g`` with class ``c``:
 1. alignment metric ``t = s^alpha * u^beta`` per anchor, ``s`` the predicted score of class ``c`` and
    ``u`` the IoU of the predicted box with ``g``;
 2. among anchors whose point lies inside ``g``, the ``topk`` of largest ``t`` are positive;
-3. an anchor positive for several gts keeps the one of highest IoU;
+3. an anchor positive for several gts goes to the gt of highest IoU (over all gts, as the official code);
 4. the soft target on class ``c`` is ``t / max_g(t) * max_g(u)`` (TOOD eq. 10: the metric normalized
    per instance so that its largest value equals the largest IoU of that instance).
 
@@ -31,8 +31,9 @@ class TaskAlignedAssigner(nn.Module):
     """
 
     def __init__(self, topk: int = 13, num_classes: int = 80, alpha: float = 1.0, beta: float = 6.0,
-                 eps: float = 1e-9):
+                 eps: float = 1e-9, argmax_all: bool = True):
         super().__init__()
+        self.argmax_all = bool(argmax_all)
         self.topk = int(topk)
         self.num_classes = int(num_classes)
         self.bg_idx = self.num_classes
@@ -74,7 +75,7 @@ class TaskAlignedAssigner(nn.Module):
         in_gts = select_candidates_in_gts(anchor_points.float(), gt_bboxes)
         mask_pos = self.topk_mask(align * in_gts) & in_gts & mask_gt
 
-        target_gt_idx, fg_mask, mask_pos = select_highest_overlaps(mask_pos, overlaps)
+        target_gt_idx, fg_mask, mask_pos = select_highest_overlaps(mask_pos, overlaps, self.argmax_all)
         target_labels, target_bboxes, target_scores = gather_targets(
             gt_labels, gt_bboxes, target_gt_idx, fg_mask, self.num_classes)
 

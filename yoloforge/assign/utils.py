@@ -58,10 +58,12 @@ def select_candidates_in_gts(xy_centers: torch.Tensor, gt_bboxes: torch.Tensor, 
     return torch.cat((lt, rb), -1).amin(-1) > eps
 
 
-def select_highest_overlaps(mask_pos: torch.Tensor, overlaps: torch.Tensor):
+def select_highest_overlaps(mask_pos: torch.Tensor, overlaps: torch.Tensor, argmax_all: bool = True):
     """Keep one gt per anchor: where an anchor is positive for several gts, the one of highest overlap.
 
-    The arg-max runs over the gts the anchor is positive for (not over all gts).
+    ``argmax_all=True`` (meituan/YOLOv6 0.2.0 ``select_highest_overlaps``): the arg-max runs over all gts
+    of the image, so the anchor may go to a gt it was not positive for (that gt's mask is then set).
+    ``argmax_all=False``: over the gts the anchor is positive for.
 
     Args:
         mask_pos: (B, M, N) bool, anchor n positive for gt m.
@@ -75,6 +77,12 @@ def select_highest_overlaps(mask_pos: torch.Tensor, overlaps: torch.Tensor):
         b, _, n = mask_pos.shape
         z = torch.zeros(b, n, dtype=torch.long, device=mask_pos.device)
         return z, z.bool(), mask_pos
+    if argmax_all:
+        multi = mask_pos.sum(1, keepdim=True) > 1  # (B, 1, N)
+        best = F.one_hot(overlaps.argmax(1), mask_pos.shape[1]).permute(0, 2, 1).bool()
+        mask_pos = torch.where(multi, best, mask_pos)
+        target_gt_idx = mask_pos.float().argmax(1)
+        return target_gt_idx, mask_pos.any(1), mask_pos
     masked = torch.where(mask_pos, overlaps, torch.full_like(overlaps, -1.0))
     target_gt_idx = masked.argmax(1)  # (B, N)
     fg_mask = mask_pos.any(1)

@@ -15,7 +15,8 @@ import numpy as np
 PAD = 114
 
 DEFAULT_HYP = dict(hsv_h=0.015, hsv_s=0.7, hsv_v=0.4, degrees=0.0, translate=0.1, scale=0.5, shear=0.0,
-                   perspective=0.0, flipud=0.0, fliplr=0.5, mosaic=1.0, mixup=0.0, cutmix=0.0)
+                   perspective=0.0, flipud=0.0, fliplr=0.5, mosaic=1.0, mixup=0.0, cutmix=0.0, mixup_beta=32.0,
+                   scale_bias=0.0)
 
 
 def _rng(rng):
@@ -62,8 +63,11 @@ def box_candidates(before, after, wh_thr=2.0, ar_thr=20.0, area_thr=0.1, eps=1e-
 
 
 def random_affine(img, labels, degrees=0.0, translate=0.1, scale=0.5, shear=0.0, perspective=0.0,
-                  border=(0, 0), rng=None, color=PAD):
+                  border=(0, 0), rng=None, color=PAD, scale_bias=0.0):
     """Random rotation/scale/shear/translation (+ optional perspective) of image and boxes.
+
+    The scale gain is uniform in ``[1 - scale, 1 + scale + scale_bias]`` (``scale_bias`` 0.1 in yolov7's
+    utils/datasets.py ``random_perspective``, 0 in YOLOv6 and ScaledYOLOv4).
 
     The output is ``img`` size plus ``2 * border`` (border (by, bx); negative crops: mosaic uses
     ``-S/2`` to go from 2S to S). Each box's 4 corners are transformed, the enclosing box is clipped
@@ -77,7 +81,7 @@ def random_affine(img, labels, degrees=0.0, translate=0.1, scale=0.5, shear=0.0,
     P = np.eye(3)
     P[2, 0], P[2, 1] = rng.uniform(-perspective, perspective, 2)
     R = np.eye(3)
-    a, s = rng.uniform(-degrees, degrees), rng.uniform(1 - scale, 1 + scale)
+    a, s = rng.uniform(-degrees, degrees), rng.uniform(1 - scale, 1 + scale + scale_bias)
     R[:2] = cv2.getRotationMatrix2D((0, 0), a, s)
     S = np.eye(3)
     S[0, 1], S[1, 0] = np.tan(np.radians(rng.uniform(-shear, shear, 2)))
@@ -107,7 +111,7 @@ def random_affine(img, labels, degrees=0.0, translate=0.1, scale=0.5, shear=0.0,
     return img, labels
 
 
-def mosaic4(load_fn, indices, size, rng=None, degrees=0.0, translate=0.0, scale=0.0, shear=0.0,
+def mosaic4(load_fn, indices, size, rng=None, degrees=0.0, translate=0.0, scale=0.0, shear=0.0, scale_bias=0.0,
             perspective=0.0, return_full=False):
     """4-image mosaic: tiles around a random centre of a 2S×2S canvas, then an affine crop back to S×S.
 
@@ -144,7 +148,7 @@ def mosaic4(load_fn, indices, size, rng=None, degrees=0.0, translate=0.0, scale=
     labels = labels[((labels[:, 3] - labels[:, 1]) > 1) & ((labels[:, 4] - labels[:, 2]) > 1)]
     if return_full:
         return canvas, labels
-    return random_affine(canvas, labels, degrees, translate, scale, shear, perspective,
+    return random_affine(canvas, labels, degrees, translate, scale, shear, perspective, scale_bias=scale_bias,
                          border=(-S / 2, -S / 2), rng=rng)
 
 
@@ -258,7 +262,7 @@ class Augmenter:
     def _affine(self):
         h = self.hyp
         return dict(degrees=h["degrees"], translate=h["translate"], scale=h["scale"], shear=h["shear"],
-                    perspective=h["perspective"])
+                    perspective=h["perspective"], scale_bias=h["scale_bias"])
 
     def mosaic(self, load_fn, indices, rng):
         return mosaic4(load_fn, indices, self.imgsz, rng=rng, **self._affine)
@@ -269,7 +273,7 @@ class Augmenter:
         return random_affine(img, scale_labels(labels, ratio, pad), rng=rng, **self._affine)
 
     def mixup(self, a, b, rng):
-        return mixup(a[0], a[1], b[0], b[1], rng=rng)
+        return mixup(a[0], a[1], b[0], b[1], rng=rng, beta=float(self.hyp["mixup_beta"]))
 
     def cutmix(self, a, b, rng):
         return cutmix(a[0], a[1], b[0], b[1], rng=rng)

@@ -39,29 +39,62 @@ def build_optimizer(model: nn.Module, hyp: dict, weight_decay: float) -> torch.o
 
 
 def lr_lambda(hyp: dict, epochs: int):
-    """Multiplier of lr0 at (fractional) epoch e."""
+    """Multiplier of lr0 at epoch e: cosine ``((1 - cos(pi e / E)) / 2) (lrf - 1) + 1`` (yolov7 one_cycle,
+    YOLOv6 solver/build.py, ScaledYOLOv4 train.py) or linear ``(1 - e / (E - 1)) (1 - lrf) + lrf``
+    (yolov7 train.py --linear-lr)."""
     lrf = hyp["lrf"]
     if hyp.get("cos_lr", True):
         return lambda e: ((1 - math.cos(e * math.pi / epochs)) / 2) * (lrf - 1) + 1
-    return lambda e: (1 - e / epochs) * (1.0 - lrf) + lrf
+    return lambda e: (1 - e / max(epochs - 1, 1)) * (1.0 - lrf) + lrf
 
 
 def warmup_iters(hyp: dict, batches_per_epoch: int, epochs: int) -> int:
-    """Warm-up length: warmup_epochs of iterations, at least 100, at most a third of the run."""
-    if hyp["warmup_epochs"] <= 0:
-        return 0
-    n = max(round(hyp["warmup_epochs"] * batches_per_epoch), 100)
-    return int(min(n, batches_per_epoch * epochs // 3))
+    """Warm-up length: ``max(round(warmup_epochs * batches), warmup_min_iters)`` (official: 1000), capped at
+    ``warmup_max_fraction`` of the run when that is > 0."""
+    n = max(round(hyp["warmup_epochs"] * batches_per_epoch), int(hyp.get("warmup_min_iters", 1000)))
+    frac = float(hyp.get("warmup_max_fraction", 0.0))
+    if frac > 0:
+        n = min(n, int(batches_per_epoch * epochs * frac))
+    return int(n)
 
 
-def apply_schedule(opt: torch.optim.Optimizer, hyp: dict, lf, epoch: int, it: int, n_warmup: int) -> None:
-    """Set lr/momentum of every group for global iteration ``it`` in ``epoch``."""
-    base = hyp["lr0"] * lf(epoch)
-    for j, g in enumerate(opt.param_groups):
-        if it < n_warmup:
+def apply_schedule(opt: torch.optim.Optimizer, hyp: dict, lf, epoch: int, it: int, n_warmup: int,
+                   batches_per_epoch: int, nominal_accumulate: float) -> int:
+    """Set lr/momentum of every group for global iteration ``it`` (0-based) of ``epoch``; return the
+    accumulation to use at this iteration.
+
+    Official loop: while ``it <= n_warmup`` the lr of each group rises linearly from 0 (biases: from
+    ``warmup_bias_lr``) to ``lr0 * lf(epoch)``, momentum from ``warmup_momentum``, and (``warmup_accumulate``)
+    the accumulation from 1 to ``nbs / batch`` (rounded). After it the lr is the per-epoch LambdaLR value,
+    which (``sched_lag``) is ``lf(epoch - 1)`` from the first epoch that starts after the warm-up (the
+    scheduler steps at the end of each epoch; the epoch in which the warm-up ends keeps its last value).
+    """
+    acc = max(round(nominal_accumulate), 1)
+    if it <= n_warmup and n_warmup > 0:
+        if hyp.get("warmup_accumulate", True):
+            acc = max(1, int(round(float(np.interp(it, [0, n_warmup], [1, nominal_accumulate])))))
+        for j, g in enumerate(opt.param_groups):
             start = hyp["warmup_bias_lr"] if j == 2 else 0.0
-            g["lr"] = float(np.interp(it, [0, n_warmup], [start, base]))
+            g["lr"] = float(np.interp(it, [0, n_warmup], [start, hyp["lr0"] * lf(epoch)]))
             g["momentum"] = float(np.interp(it, [0, n_warmup], [hyp["warmup_momentum"], hyp["momentum"]]))
-        else:
-            g["lr"] = base
-            g["momentum"] = hyp["momentum"]
+        return acc
+    lag = hyp.get("sched_lag", True) and epoch > 0 and n_warmup < batches_per_epoch * epoch
+    base = hyp["lr0"] * lf(epoch - 1 if lag else epoch)
+    for g in opt.param_groups:
+        g["lr"] = base
+        g["momentum"] = hyp["momentum"]
+    return acc
+
+
+def step_due(rule: str, it: int, i: int, batches_per_epoch: int, accumulate: int, last_step_it: int) -> bool:
+    """Whether the optimizer steps after the backward of global iteration ``it`` (batch ``i`` of the epoch).
+
+    ``modulo`` (yolov7, ScaledYOLOv4 train.py): ``it % accumulate == 0``; ``since_last`` (YOLOv6 engine.py):
+    ``it - last_step_it >= accumulate`` (``last_step_it`` -1 before the first step); ``epoch``: every
+    ``accumulate`` batches of the epoch and at its last batch.
+    """
+    if rule == "modulo":
+        return it % accumulate == 0
+    if rule == "since_last":
+        return it - last_step_it >= accumulate
+    return (i + 1) % accumulate == 0 or i + 1 == batches_per_epoch

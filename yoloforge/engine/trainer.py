@@ -26,7 +26,7 @@ from yoloforge.config import TrainConfig, load_hyp
 from yoloforge.engine import ddp
 from yoloforge.engine.ema import ModelEMA, unwrap
 from yoloforge.engine.evaluator import Metrics, evaluate
-from yoloforge.engine.optim import apply_schedule, build_optimizer, lr_lambda, warmup_iters
+from yoloforge.engine.optim import apply_schedule, build_optimizer, lr_lambda, step_due, warmup_iters
 from yoloforge.utils import checkpoint as ckpt
 from yoloforge.utils.logging import get_logger
 
@@ -128,7 +128,8 @@ class Trainer:
         self.batch = cfg.batch // self.world if self.world > 1 else cfg.batch
         if self.world > 1 and cfg.batch % self.world:
             raise ValueError(f"batch {cfg.batch} is not divisible by the {self.world} DDP processes")
-        self.train_loader = build_dataloader(self.train_ds, self.batch, cfg.workers, shuffle=True, seed=cfg.seed,
+        self.train_loader = build_dataloader(self.train_ds, self.batch, cfg.workers, shuffle=bool(self.hyp["shuffle"]),
+                                             seed=cfg.seed,
                                              rank=self.rank, world_size=self.world, drop_last=self.world > 1)
         self.val_loader = None
         if self.main and self.data.val:
@@ -138,6 +139,11 @@ class Trainer:
             self.val_loader = build_dataloader(self.val_ds, val_batch, cfg.workers, shuffle=False, seed=cfg.seed)
 
         self.accumulate = max(round(cfg.nbs / cfg.batch), 1)
+        self.nominal_accumulate = cfg.nbs / cfg.batch  # the warm-up ramps the accumulation from 1 to this
+        self.close_mosaic = cfg.close_mosaic if cfg.close_mosaic >= 0 else int(self.hyp.get("close_mosaic", 0))
+        if self.hyp.get("paste_in", 0) and self.main:
+            LOG.warning(f"hyp paste_in={self.hyp['paste_in']} is not applied: yolov7's paste-in needs polygon "
+                        f"segments, which yoloforge's datasets do not load")
         if self.hyp.get("cmbn"):
             from yoloforge.models.bof import convert_cmbn
 
@@ -153,8 +159,16 @@ class Trainer:
         self.use_amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.start_epoch, self.start_batch, self.best_fitness, self.bad_epochs = 0, 0, -1.0, 0
+        self.last_step_it = -1  # global iteration of the last optimizer step (YOLOv6's step rule)
         if resume_state is not None:
             self._load_resume(resume_state)
+        elif self.hyp.get("init_fp16_round") and not cfg.weights and self.given_model is None:
+            with torch.no_grad():  # yolov7 train.py: model.half().float() before training from scratch
+                for t in list(self.model.parameters()) + list(self.model.buffers()):
+                    if t.dtype.is_floating_point:
+                        t.copy_(t.half().float())
+            if self.ema is not None:
+                self.ema = ModelEMA(self.model, self.hyp["ema_decay"], self.hyp["ema_tau"])
         if self.world > 1:
             if cfg.sync_bn:
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -211,6 +225,7 @@ class Trainer:
             self.ema.updates = int(s["ema_updates"])
         self.start_epoch, self.start_batch = int(s["epoch"]), int(s["batch"])
         self.best_fitness, self.bad_epochs = float(s["best_fitness"]), int(s.get("bad_epochs", 0))
+        self.last_step_it = int(s.get("last_step_it", -1))
         if self.rank == 0 and "rng" in s:
             _set_rng_state(s["rng"])
         if self.main:
@@ -224,6 +239,7 @@ class Trainer:
         state = {"model": unwrap(self.model).state_dict(), "ema": self.ema.ema.state_dict(),
                  "ema_updates": self.ema.updates, "optimizer": self.optimizer.state_dict(), "epoch": epoch,
                  "batch": batch, "best_fitness": self.best_fitness, "bad_epochs": self.bad_epochs,
+                 "last_step_it": self.last_step_it,
                  "cfg": self.cfg.to_dict(), "rng": _rng_state(), "finished": finished}
         ckpt.save_state(self.wdir / "last.state.pt", state)
         ckpt.save_weights(self.wdir / "last.safetensors", self.ema.ema, self._meta(epoch))
@@ -272,14 +288,17 @@ class Trainer:
         ds.set_epoch(epoch)
         if hasattr(self.train_loader.sampler, "set_epoch"):
             self.train_loader.sampler.set_epoch(epoch)
-        if epoch >= cfg.epochs - cfg.close_mosaic and ds.mosaic:
+        if self.close_mosaic and epoch >= cfg.epochs - self.close_mosaic and ds.mosaic:
             ds.mosaic = False
             ds.mixup_enabled = False
             if self.main:
-                LOG.info(f"epoch {epoch + 1}: closing mosaic and mixup for the last {cfg.close_mosaic} epochs")
+                LOG.info(f"epoch {epoch + 1}: closing mosaic and mixup for the last {self.close_mosaic} epochs")
         self.model.train()
         start = self.start_batch if epoch == self.start_epoch else 0
         self._last_step_batch = start
+        rule = self.hyp.get("step_rule", "modulo")
+        if rule != "epoch":  # the official loops zero the gradients at every epoch start (leftovers are dropped)
+            self.optimizer.zero_grad(set_to_none=True)
         self._snapshot_step_buffers()
         mloss = None
         pbar = tqdm(enumerate(self.train_loader), total=nb, disable=not (self.main and cfg.verbose),
@@ -289,7 +308,7 @@ class Trainer:
             if i < start:
                 continue  # resumed mid-epoch: these batches already went into the weights
             it = i + nb * epoch
-            apply_schedule(self.optimizer, self.hyp, self.lf, epoch, it, n_warmup)
+            acc = apply_schedule(self.optimizer, self.hyp, self.lf, epoch, it, n_warmup, nb, self.nominal_accumulate)
             imgs = imgs.to(self.device, non_blocking=True).float().div_(255)
             targets = targets.to(self.device)
             if self.hyp.get("multi_scale") or self.hyp.get("sat_eps", 0) > 0:
@@ -300,9 +319,10 @@ class Trainer:
             if not torch.isfinite(loss):
                 self._abort_nonfinite(epoch, i, items)
             self.scaler.scale(loss).backward()
-            if (i + 1) % self.accumulate == 0 or i + 1 == nb:
+            if step_due(rule, it, i, nb, acc if rule != "epoch" else self.accumulate, self.last_step_it):
                 self._optimizer_step()
                 self._last_step_batch = i + 1
+                self.last_step_it = it
             mloss = items if mloss is None else (mloss * (i - start) + items) / (i - start + 1)
             if self.main:
                 pbar.set_postfix({n: f"{v:.3f}" for n, v in zip(self.loss_fn.names, mloss.tolist())})

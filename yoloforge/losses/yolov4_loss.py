@@ -10,10 +10,11 @@ loss, with the numbers of the official code (WongKinYiu/ScaledYOLOv4 branch ``yo
   (``scale_x_y = k``, YOLOv4-tiny). With the scaled decode a centre can be reached from the two
   nearest neighbouring cells too, which are then also assigned (``neighbor_cells``, as the official
   PyTorch code does); not with the darknet decode, whose offsets stay within about one cell.
-* **several anchors per ground truth** (``anchor_match="iou"``, darknet ``iou_thresh``): every anchor
-  of every level whose shape IoU with the box (both centred) is above ``iou_t`` is positive, and the
-  best anchor over all levels always is (ties all count). ``anchor_match="ratio"`` is the official
-  PyTorch rule instead: width and height ratios both within ``[1/anchor_t, anchor_t]``.
+* **several anchors per ground truth**: ``anchor_match="ratio"`` (the official PyTorch rule of both
+  ScaledYOLOv4 branches, the default): every anchor of every level whose width and height ratios to
+  the box are both within ``[1/anchor_t, anchor_t]``; ``anchor_match="iou"`` (darknet ``iou_thresh``,
+  used for the darknet-decoded YOLOv4-tiny): every anchor whose shape IoU with the box (both centred)
+  is above ``iou_t``, and the best anchor over all levels always (ties all count).
 * **CIoU box loss** ``1 - CIoU`` (``iou_loss``: ``ciou`` | ``diou`` | ``giou`` | ``iou``), mean over
   the positives of a level.
 * **objectness** BCE over all cells; the target of a positive is ``(1 - gr) + gr * IoU.clamp(0)``
@@ -42,7 +43,8 @@ __all__ = ["YOLOv4Loss", "build_targets", "anchor_shape_iou", "smooth_bce_target
 BALANCE = {1: (1.0,), 2: (1.0, 0.4), 3: (4.0, 1.0, 0.4), 4: (4.0, 1.0, 0.4, 0.1), 5: (4.0, 1.0, 0.5, 0.4, 0.1)}
 
 DEFAULTS = dict(box=0.05, obj=0.7, cls=0.3, cls_pw=1.0, obj_pw=1.0, iou_t=0.20, anchor_t=4.0,
-                label_smoothing=0.0, iou_loss="ciou", gr=1.0, anchor_match="iou", neighbor_cells=True)
+                label_smoothing=0.0, iou_loss="ciou", gr=1.0, anchor_match="ratio", neighbor_cells=True,
+                neighbor_rule="fraction")
 
 
 def smooth_bce_targets(eps: float = 0.0) -> tuple[float, float]:
@@ -61,7 +63,8 @@ def _cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
 
 
 def build_targets(targets: torch.Tensor, anchors: torch.Tensor, strides, shapes, iou_t: float = 0.2,
-                  anchor_match: str = "iou", anchor_t: float = 4.0, neighbor_cells: bool = True):
+                  anchor_match: str = "iou", anchor_t: float = 4.0, neighbor_cells: bool = True,
+                  neighbor_rule: str = "fraction"):
     """Assign ground truths to (level, anchor, cell).
 
     ``targets`` (M, 6) ``[batch_idx, cls, x1, y1, x2, y2]`` input pixels; ``anchors`` (nl, na, 2) pixels;
@@ -69,7 +72,14 @@ def build_targets(targets: torch.Tensor, anchors: torch.Tensor, strides, shapes,
     ``(b, a, gj, gi, tbox, tcls, gt_index)``: image, anchor and cell indices (long), ``tbox`` (n, 4)
     ``cx, cy, w, h`` in grid units with the centre relative to the cell's top-left corner, the class
     and the row of ``targets`` each positive comes from. Boxes of zero width or height are ignored.
+
+    ``neighbor_rule`` decides the right / lower neighbour: ``"fraction"`` (ScaledYOLOv4 yolov4-csp
+    ``build_targets``): ``frac(g) > 0.5`` and ``g < W - 1``; ``"inverse"`` (yolov4-large, as YOLOv5 /
+    yolov7): ``frac(W - g) < 0.5`` and ``W - g > 1``. They differ for centres on a cell edge
+    (integer ``g``), where the inverse rule adds both neighbours.
     """
+    if neighbor_rule not in ("fraction", "inverse"):
+        raise ValueError(f"neighbor_rule must be 'fraction' or 'inverse', got {neighbor_rule!r}")
     nl, na = anchors.shape[:2]
     device = targets.device
     targets = targets.float()
@@ -99,11 +109,16 @@ def build_targets(targets: torch.Tensor, anchors: torch.Tensor, strides, shapes,
         if neighbor_cells and len(m):
             frac = gxy - gxy.floor()
             size = torch.tensor([w, h], device=device, dtype=gxy.dtype)
+            if neighbor_rule == "inverse":
+                inv = size - gxy
+                high = (inv % 1 < 0.5) & (inv > 1)
+            else:
+                high = (frac > 0.5) & (gxy < size - 1)
             sides = (  # (condition per row, offset of the centre used to pick the cell)
                 ((frac[:, 0] < 0.5) & (gxy[:, 0] > 1), (0.5, 0.0)),  # left neighbour
                 ((frac[:, 1] < 0.5) & (gxy[:, 1] > 1), (0.0, 0.5)),  # upper
-                ((frac[:, 0] > 0.5) & (gxy[:, 0] < size[0] - 1), (-0.5, 0.0)),  # right
-                ((frac[:, 1] > 0.5) & (gxy[:, 1] < size[1] - 1), (0.0, -0.5)),  # lower
+                (high[:, 0], (-0.5, 0.0)),  # right
+                (high[:, 1], (0.0, -0.5)),  # lower
             )
             idx = [torch.arange(len(m), device=device)] + [k.nonzero(as_tuple=True)[0] for k, _ in sides]
             offs = [offsets] + [torch.tensor(o, device=device).expand(len(j), 2) for (_, o), j in zip(sides, idx[1:])]
@@ -171,7 +186,8 @@ class YOLOv4Loss:
         bs = preds[0].shape[0]
         anchors = self.anchors.to(device)
         assigned = build_targets(targets.to(device), anchors, self.strides, [p.shape[2:4] for p in preds],
-                                 self.hyp["iou_t"], self.hyp["anchor_match"], self.hyp["anchor_t"], self.neighbor)
+                                 self.hyp["iou_t"], self.hyp["anchor_match"], self.hyp["anchor_t"], self.neighbor,
+                                 self.hyp["neighbor_rule"])
         zero = torch.zeros((), device=device)
         lbox, lobj, lcls = zero, zero, zero
         obj_pw = torch.tensor([self.hyp["obj_pw"]], device=device)

@@ -9,8 +9,12 @@ Industrial Applications", sec. 2.3-2.4).
 
 Defaults are those of meituan/YOLOv6 0.2.0 (yolov6/models/loss.py): weights class 1.0, iou 2.5, dfl 0.5;
 warm-up 4 epochs; ATSS topk 9; TAL topk 13, alpha 1.0, beta 6.0; anchor cell size 5.0, offset 0.5.
-Here the normalizer is ``max(mean over DDP ranks of the target-score sum, 1)``, so that an
-all-background batch gives a finite loss and DDP's gradient averaging equals the global-batch gradient.
+The normalizer is the mean over DDP ranks of the target-score sum (in one process: the official raw
+sum), so that DDP's gradient averaging equals the global-batch gradient. Guard: a batch without any
+positive divides by 1 (the official code divides 0 by 0). Named deviations (hyp keys, official value
+first): ``score_sum`` ``raw`` | ``clamp1`` (``max(sum, 1)``, ultralytics' choice);
+``assign_argmax_positive`` ``False`` | ``True`` (an anchor positive for several gts goes to the one of
+highest IoU among those gts; officially among all gts of the image).
 
 Model outputs in train mode: ``(feats, cls_logits, reg)``
 
@@ -50,7 +54,7 @@ class YOLOv6Loss:
     def __init__(self, nc: int, strides, reg_max: int = 0, use_dfl: bool = False, iou_type: str = "giou",
                  warmup_epochs: int = 4, weights: dict | None = None, atss_topk: int = 9, tal_topk: int = 13,
                  tal_alpha: float = 1.0, tal_beta: float = 6.0, grid_cell_offset: float = 0.5,
-                 grid_cell_size: float = 5.0):
+                 grid_cell_size: float = 5.0, hyp: dict | None = None):
         if use_dfl and reg_max < 1:
             raise ValueError("YOLOv6Loss: use_dfl=True needs reg_max >= 1")
         self.nc = int(nc)
@@ -66,9 +70,16 @@ class YOLOv6Loss:
         self.weights = w
         self.grid_cell_offset = grid_cell_offset
         self.grid_cell_size = grid_cell_size
+        hyp = hyp or {}
+        # named deviations from the official loss (README "Differences from the official code")
+        self.score_sum = str(hyp.get("score_sum", "raw"))
+        if self.score_sum not in ("raw", "clamp1"):
+            raise ValueError(f"hyp score_sum must be 'raw' (official) or 'clamp1', got {self.score_sum!r}")
+        argmax_all = not bool(hyp.get("assign_argmax_positive", False))
         self.iou_loss = IoULoss(iou_type)
-        self.warmup_assigner = ATSSAssigner(atss_topk, num_classes=self.nc)
-        self.formal_assigner = TaskAlignedAssigner(tal_topk, num_classes=self.nc, alpha=tal_alpha, beta=tal_beta)
+        self.warmup_assigner = ATSSAssigner(atss_topk, num_classes=self.nc, argmax_all=argmax_all)
+        self.formal_assigner = TaskAlignedAssigner(tal_topk, num_classes=self.nc, alpha=tal_alpha, beta=tal_beta,
+                                                   argmax_all=argmax_all)
 
     def decode(self, reg: torch.Tensor) -> torch.Tensor:
         """(B, N, C) regression output -> (B, N, 4) ltrb distances in stride units."""
@@ -108,7 +119,11 @@ class YOLOv6Loss:
         t_bboxes = t_bboxes / stride_t
 
         one_hot = F.one_hot(t_labels, self.nc + 1)[..., :self.nc]
-        score_sum = mean_over_ranks(t_scores.sum().detach()).clamp(min=1.0)
+        score_sum = mean_over_ranks(t_scores.sum().detach())
+        if self.score_sum == "clamp1":
+            score_sum = score_sum.clamp(min=1.0)
+        else:  # official: the raw sum; the one guard is a batch without any positive (official: 0/0 = NaN)
+            score_sum = torch.where(score_sum > 0, score_sum, torch.ones_like(score_sum))
         loss_cls = varifocal_loss(cls_logits, t_scores, one_hot) / score_sum
 
         weight = t_scores.sum(-1)[fg]  # (P,)

@@ -31,10 +31,12 @@ approximation of averaging per-rank means). ``items`` are the per-image terms
 ``(box_gain * lbox, obj_gain * lobj, cls_gain * lcls)`` (as the official logs them), so
 ``total = global_batch * items.sum()``.
 
-Deviations: candidate cells named twice (several gts, or a clamped neighbour) are one column of the
-SimOTA cost matrix (the official keeps duplicates); with ``loss_ota == 0`` a prediction that is a
-positive for several gts gets the largest of their IoUs as objectness target (the official: the last
-write, which is not deterministic on GPU).
+Named deviations (hyp keys; the default is the official behaviour): ``simota_dedup`` (False): True
+merges candidate cells named twice (several gts, or a clamped neighbour) into one column of the SimOTA
+cost matrix and gives a prediction positive for several gts the largest of their IoUs as objectness
+target (officially duplicates stay separate columns, count twice in the box/class means, and the
+objectness target is the last write, which is not deterministic on GPU); ``lead_topk`` (10, or 20
+with the auxiliary head as ``ComputeLossAuxOTA``): the number of IoUs summed for the lead head's ``k``.
 """
 from __future__ import annotations
 
@@ -97,8 +99,11 @@ class YOLOv7Loss:
         self.cls_pw = float(self.hyp.get("cls_pw", 1.0))
         self.obj_pw = float(self.hyp.get("obj_pw", 1.0))
         self.balance = level_balance(self.nl)
+        self.dedup = bool(self.hyp.get("simota_dedup", False))
+        lead_topk = self.hyp.get("lead_topk") or (20 if self.aux else 10)  # official: 20 in ComputeLossAuxOTA
         self.assigner = LeadGuidedAssigner(self.anchors, self.strides, self.nc,
-                                           anchor_t=float(self.hyp.get("anchor_t", 4.0)))
+                                           anchor_t=float(self.hyp.get("anchor_t", 4.0)), dedup=self.dedup,
+                                           fine_topk=int(lead_topk))
 
     # -- elementwise BCE (optionally focal) ---------------------------------------------------------
     def _bce(self, logits: torch.Tensor, target: torch.Tensor, pos_weight: float) -> torch.Tensor:
@@ -134,7 +139,14 @@ class YOLOv7Loss:
             iou = bbox_iou(pbox, targets[pos.gt, 2:6].float(), kind="ciou")
             box_sum = box_sum.index_add(0, pos.level, 1.0 - iou)
             val = (1.0 - self.gr) + self.gr * iou.detach().clamp(min=0)
-            tobj = tobj.scatter_reduce(0, cell_keys(pos, na, shapes, bs), val, reduce="amax")
+            keys = cell_keys(pos, na, shapes, bs)
+            if self.dedup:
+                tobj = tobj.scatter_reduce(0, keys, val, reduce="amax")
+            else:  # official: the last write of a prediction named twice (positives in the official order)
+                order = torch.arange(pos.n, device=dev)
+                last = torch.full_like(tobj, -1, dtype=torch.long).scatter_reduce(0, keys, order, reduce="amax")
+                hit = last >= 0
+                tobj[hit] = val[last[hit]]
             if self.nc > 1:
                 t = torch.full((pos.n, self.nc), self.cn, device=dev)
                 t[torch.arange(pos.n, device=dev), targets[pos.gt, 1].long()] = self.cp

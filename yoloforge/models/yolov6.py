@@ -253,7 +253,7 @@ class YOLOv6(DetectionModel):
             warmup_epochs=hyp.get("atss_warmup_epochs", 4),
             weights=dict(cls=hyp.get("loss_cls", 1.0), iou=hyp.get("loss_iou", 2.5), dfl=hyp.get("loss_dfl", 0.5)),
             atss_topk=hyp.get("atss_topk", 9), tal_topk=hyp.get("tal_topk", 13),
-            tal_alpha=hyp.get("tal_alpha", 1.0), tal_beta=hyp.get("tal_beta", 6.0),
+            tal_alpha=hyp.get("tal_alpha", 1.0), tal_beta=hyp.get("tal_beta", 6.0), hyp=hyp,
         )
 
 
