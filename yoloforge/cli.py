@@ -157,7 +157,7 @@ def cmd_demo(a) -> int:
     det = Detector(a.model)
     best = det.train(data=str(data), epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, nbs=a.batch, workers=a.workers,
                      project=str(Path(a.project) / "train"), name="exp", exist_ok=True, close_mosaic=a.close_mosaic,
-                     val_interval=a.val_interval, seed=0, hyp_override={"warmup_epochs": 1.0})
+                     val_interval=a.val_interval, seed=0, hyp="small-data", hyp_override={"warmup_epochs": 1.0})
     m = Detector(best).val(str(data), save_dir=Path(a.project) / "val", plots=True, verbose=False)
     val_imgs = sorted((root / "images" / "val").glob("*"))[:8]
     out = Detector(best).predictor(conf=0.25).predict_to_dir([str(p) for p in val_imgs], Path(a.project) / "predict",

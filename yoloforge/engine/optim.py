@@ -1,7 +1,8 @@
 """Optimizer and learning-rate schedule shared by every family.
 
-SGD (momentum 0.937, Nesterov) with three parameter groups: weights that decay (conv/linear
-kernels), BN weights and all biases (no decay; biases get the warm-up bias lr). Cosine (or linear)
+SGD (momentum 0.937, Nesterov) with three parameter groups, in the official order: BN weights and
+other gains without decay (YOLOR implicit vectors too, as yolov7 train.py), weights that decay
+(conv/linear kernels), all biases (no decay; they get the warm-up bias lr). Cosine (or linear)
 decay from lr0 to lr0*lrf, with a linear warm-up of lr and momentum over the first iterations.
 """
 from __future__ import annotations
@@ -21,8 +22,9 @@ def param_groups(model: nn.Module):
                 continue
             if name == "bias":
                 bias.append(p)
-            elif isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)) or p.ndim <= 1:
-                no_decay.append(p)  # BN gamma, scalar gains such as BottleRep alpha, implicit vectors
+            elif (isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)) or p.ndim <= 1
+                  or name == "implicit"):
+                no_decay.append(p)  # BN gamma, scalar gains such as BottleRep alpha, YOLOR implicit vectors
             else:
                 decay.append(p)
     return decay, no_decay, bias

@@ -255,6 +255,10 @@ class Trainer:
         cfg = self.cfg
         nb = len(self.train_loader)
         n_warmup = warmup_iters(self.hyp, nb, cfg.epochs)
+        if self.main and n_warmup > 0.5 * nb * cfg.epochs:
+            LOG.warning(f"the warm-up ({n_warmup} iterations, at least {self.hyp.get('warmup_min_iters')} as in the "
+                        f"official recipe) is {100 * n_warmup / (nb * cfg.epochs):.0f}% of this run of {nb * cfg.epochs} "
+                        f"iterations; on a small dataset or a short run consider --hyp small-data")
         if self.main:
             LOG.info(f"training {unwrap(self.model).name} on {len(self.train_ds)} images for {cfg.epochs} epochs "
                      f"(batch {cfg.batch}, accumulate {self.accumulate}, imgsz {cfg.imgsz}, {self.device}"

@@ -1,0 +1,180 @@
+"""Make the one-optimizer-step fixtures of tests/test_parity_step.py by running the OFFICIAL train.py.
+
+    PYTHONPATH=. TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 python tests/parity/make_step_fixtures.py \\
+        --family yolov7 --repo path/to/WongKinYiu/yolov7
+
+in a venv with torch 2.14.1 + torchvision 0.29.1 (+ the official requirements). The official script runs
+unmodified, in this process, with three run-time hooks: ``random_perspective`` returns its input (every
+augmentation is off, but yolov7's scale gain is drawn from [1 - scale, 1.1 + scale] even at scale 0),
+``augment_hsv`` does nothing (at gains 0 it would still send the image through a lossy uint8 HSV round
+trip, which yoloforge skips), and
+``ModelEMA.update`` records the model and the EMA after the wanted optimizer steps, then stops the run.
+
+Initial weights: yoloforge's seeded model (tests/parity/step_data.py) carried into the official layout
+through yoloforge's own checkpoint converter run backwards: the official model is filled with the index
+of each element, converted, and the converted model says which official element every yoloforge element
+came from. The fixture keeps, per yoloforge tensor, the official updates (value after each recorded step
+minus the initial value) at 32 evenly spaced positions (every position of tensors up to 64 elements;
+``step_data.sample_positions``).
+
+Cases (batch 5, 3 batches an epoch): ``warmup``: a fresh run (epoch 0, warm-up of 1000 iterations,
+accumulation 1 at first), the states after optimizer steps 1, 2 and 3; ``mid-warmup``: a run started at
+epoch 165 (iterations 495-497, accumulation ramped to 7: one step after three accumulated batches);
+``post``: a run started at epoch 346 (iterations 1038-1040, after the warm-up, accumulation 13: one step
+after three batches) with ``lrf`` 1 (the official script starts a continued run at lr0 * lf(0), since
+setting ``scheduler.last_epoch`` does not change the lr). All in float64 (see tests/parity/step_data.py).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE.parent / "fixtures" / "parity"
+
+
+class _Stop(Exception):
+    pass
+
+
+def probe_map(official_model, name: str, tmp: Path) -> dict[str, torch.Tensor]:
+    """yoloforge key -> (same shape) long tensor of flat indices into the official floating state."""
+    from yoloforge.convert.official import load_official
+
+    sd = official_model.state_dict()
+    keys = [k for k, v in sd.items() if v.dtype.is_floating_point and "anchor" not in k]
+    offset, saved = 0, {}
+    with torch.no_grad():
+        for k in keys:
+            v = sd[k]
+            saved[k] = v.clone()
+            v.copy_(torch.arange(offset, offset + v.numel(), dtype=torch.float64).view_as(v).float())
+            offset += v.numel()
+    assert offset < 2 ** 24, "indices must be exact in float32"
+    torch.save({"model": official_model}, tmp / "probe.pt")
+    with torch.no_grad():
+        for k in keys:
+            sd[k].copy_(saved[k])
+    yf, _ = load_official(tmp / "probe.pt", variant=name)
+    out = {}
+    for k, v in yf.state_dict().items():
+        if v.dtype.is_floating_point and "anchor" not in k and v.numel():
+            out[k] = v.round().long()
+    used = torch.cat([v.flatten() for v in out.values()])
+    if used.numel() != offset or torch.unique(used).numel() != offset:
+        raise SystemExit(f"the converter is not a permutation here ({used.numel()} of {offset} elements)")
+    return out, keys
+
+
+def flat_official(state: dict, keys: list[str]) -> torch.Tensor:
+    return torch.cat([state[k].detach().double().flatten() for k in keys])
+
+
+def run_yolov7(repo: Path, tmp: Path) -> None:
+    import yaml
+
+    sys.path.insert(0, str(repo))
+    os.chdir(repo)
+    import utils.datasets as datasets
+    import utils.torch_utils as torch_utils
+    from models.yolo import Model
+
+    from tests.parity.step_data import (BATCH, IMGSZ, N_IMAGES, NC, NO_AUG, float64, initial_model, make_step_data,
+                                        sample_positions)
+
+    data_yaml = make_step_data(tmp / "data")
+    name = "yolov7-tiny"
+    yf = initial_model(name)
+    official = Model(str(repo / "cfg/training/yolov7-tiny.yaml"), ch=3, nc=NC)
+    idx_map, keys = probe_map(official, name, tmp)
+    flat = torch.zeros(sum(official.state_dict()[k].numel() for k in keys), dtype=torch.float64)
+    for k, ids in idx_map.items():
+        flat[ids.flatten()] = yf.state_dict()[k].double().flatten()
+    with torch.no_grad():
+        off = 0
+        sd = official.state_dict()
+        for k in keys:
+            n = sd[k].numel()
+            sd[k].copy_(flat[off:off + n].view_as(sd[k]))
+            off += n
+
+    datasets.random_perspective = lambda img, targets=(), segments=(), **kw: (img, targets)
+    datasets.augment_hsv = lambda img, *a, **kw: None  # gains 0: skip the lossy uint8 BGR -> HSV -> BGR trip
+    records, original = [], torch_utils.ModelEMA.update
+
+    def recording_update(self, model):
+        original(self, model)
+        records.append((flat_official(model.state_dict(), keys), flat_official(self.ema.state_dict(), keys)))
+        if len(records) >= wanted[0]:
+            raise _Stop
+
+    torch_utils.ModelEMA.update = recording_update
+    import utils.loss as official_loss
+
+    losses, loss_call = [], official_loss.ComputeLossOTA.__call__
+
+    def recording_loss(self, p, targets, imgs):
+        out = loss_call(self, p, targets, imgs)
+        losses.append(float(out[0]))
+        return out
+
+    official_loss.ComputeLossOTA.__call__ = recording_loss
+    hyp = yaml.safe_load((repo / "data/hyp.scratch.tiny.yaml").read_text())
+    hyp.update(NO_AUG)
+    fixture = dict(model=name, batch=BATCH, imgsz=IMGSZ, source="WongKinYiu/yolov7 train.py, data/hyp.scratch.tiny.yaml")
+    nb = -(-N_IMAGES // BATCH)
+    for case, start_epoch, epochs, lrf, steps in (("warmup", 0, 300, hyp["lrf"], 3), ("mid-warmup", 165, 300, hyp["lrf"], 1),
+                                                  ("post", 346, 347, 1.0, 1)):
+        h = dict(hyp, lrf=lrf)
+        (tmp / f"hyp_{case}.yaml").write_text(yaml.safe_dump(h))
+        torch.save({"model": official, "optimizer": None, "epoch": start_epoch - 1, "best_fitness": None,
+                    "training_results": None, "ema": None}, tmp / f"init_{case}.pt")
+        records.clear()
+        losses.clear()
+        wanted = [steps]
+        sys.argv = ["train.py", "--weights", str(tmp / f"init_{case}.pt"), "--cfg", "cfg/training/yolov7-tiny.yaml",
+                    "--data", str(data_yaml), "--hyp", str(tmp / f"hyp_{case}.yaml"), "--epochs", str(epochs),
+                    "--batch-size", str(BATCH), "--img-size", str(IMGSZ), str(IMGSZ), "--workers", "0",
+                    "--noautoanchor", "--notest", "--nosave", "--device", "cpu", "--project", str(tmp / "runs"),
+                    "--name", case, "--exist-ok"]
+        try:
+            with float64():
+                runpy.run_path(str(repo / "train.py"), run_name="__main__")
+        except _Stop:
+            pass
+        if len(records) < steps:
+            raise SystemExit(f"{case}: the official run stopped after {len(records)} of {steps} steps")
+        out = {}
+        for k, ids in idx_map.items():
+            pos = sample_positions(ids.numel())
+            sel = ids.flatten()[pos]
+            init = yf.state_dict()[k].double().flatten()[pos]
+            # updates (value - initial value) in float32: 1e-7 relative to the update is plenty for a 1e-5 check
+            out[k] = dict(init=init[:4], model=[(r[0][sel] - init).float() for r in records],
+                          ema=[(r[1][sel] - init).float() for r in records])
+        fixture[case] = dict(start_epoch=start_epoch, epochs=epochs, lrf=lrf, steps=steps, losses=list(losses),
+                             first_it=start_epoch * nb, tensors=out)
+        print(f"{case}: recorded {len(records)} step(s) from epoch {start_epoch}, losses {losses}")
+    OUT.mkdir(parents=True, exist_ok=True)
+    torch.save(fixture, OUT / "step_yolov7-tiny.pt")
+    print(f"wrote {OUT / 'step_yolov7-tiny.pt'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", required=True, choices=["yolov7"])
+    ap.add_argument("--repo", required=True, type=Path)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_yolov7(args.repo.resolve(), Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
