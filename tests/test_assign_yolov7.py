@@ -153,9 +153,16 @@ def test_lead_guided_coarse_superset_and_more_positives():
     key = lambda c: {tuple(r) for r in torch.stack((c.level, c.b, c.a, c.gj, c.gi, c.gt), 1).tolist()}
     fine_c, coarse_c = a.candidates(preds, TARGETS, False), a.candidates(preds, TARGETS, True)
     assert key(fine_c) < key(coarse_c)
-    fine, coarse = a.both(preds, TARGETS)
     cell = lambda c: {tuple(r) for r in torch.stack((c.level, c.b, c.a, c.gj, c.gi), 1).tolist()}
-    assert len(cell(fine)) == fine.n and len(cell(coarse)) == coarse.n  # each prediction at most once
+    fine_o, coarse_o = a.both(preds, TARGETS)  # official: duplicate columns, a prediction may be positive twice
+    fine, coarse = LeadGuidedAssigner(ANCHORS, [8, 16, 32], nc=3, dedup=True).both(preds, TARGETS)
+    assert len(cell(fine)) == fine.n and len(cell(coarse)) == coarse.n  # merged: each prediction at most once
+    assert cell(coarse_o) <= {k[:5] for k in key(coarse_c)} and cell(fine_o) <= {k[:5] for k in key(fine_c)}
+    # two gts on one box name the same cells: official duplicate columns make a prediction positive twice
+    twin = torch.tensor([[0, 1, 40, 40, 80, 90], [0, 2, 40, 40, 80, 90]])
+    off = a(preds, twin)
+    merged = LeadGuidedAssigner(ANCHORS, [8, 16, 32], nc=3, dedup=True)(preds, twin)
+    assert off.n > len(cell(off)) and merged.n == len(cell(merged))
     assert cell(fine) <= {k[:5] for k in key(fine_c)} and cell(coarse) <= {k[:5] for k in key(coarse_c)}
     assert coarse.n > fine.n
     assert set(fine.gt.tolist()) == {0, 1, 2, 3}  # every gt gets at least one positive

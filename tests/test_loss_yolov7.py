@@ -100,7 +100,8 @@ def test_loss_decreases_when_optimizing_predictions():
 
 def test_aux_branch_adds_weighted_coarse_loss():
     main, aux = _preds(seed=0), _preds(seed=1)
-    base_loss = YOLOv7Loss(3, ANCHORS, STRIDES, P5)
+    # with the aux head the lead head's k sums the top 20 IoUs (official ComputeLossAuxOTA): the same here
+    base_loss = YOLOv7Loss(3, ANCHORS, STRIDES, dict(P5, lead_topk=20))
     base, base_items = base_loss(dict(main=main, aux=None), TARGETS, 0)
     base.backward()
     main_grad = [p.grad.clone() for p in main]
