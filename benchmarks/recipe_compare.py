@@ -10,8 +10,8 @@ Rows (every one from the same seeded initialization, same data, epochs, batch):
 * ``small-data, official <switch>``: the small-data recipe with one of its deviations set back to the
   official value, which measures what that deviation alone is worth.
 
-The defaults are the demo's run (``yoloforge demo``: 200 generated images, 26 epochs at 160, batch 16 with
-no accumulation, mosaic closed for the last 8 epochs in both rows). At this scale a run is a few minutes on a
+The defaults are the demo's settings (``yoloforge demo``: 26 epochs at 160, batch 16 with no accumulation,
+mosaic closed for the last 8 epochs in every row) on the 200 / 50 generated images of bof_ablation.py. At this scale a run is a few minutes on a
 2-core CPU; differences below the seed spread (``--seeds 0,1``) mean nothing. The table is printed as it
 comes, and written to ``recipe_compare.csv`` beside the run folders when ``--out`` is given.
 """
