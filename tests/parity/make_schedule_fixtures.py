@@ -105,9 +105,69 @@ def record_run(repo: Path, tmp: Path, argv: list[str], loss_module: str, loss_na
     return {k: torch.tensor(v, dtype=torch.float64) for k, v in rec.items()}
 
 
+def yolov6_config(repo: Path, tmp: Path, name: str, over: dict) -> Path:
+    """A copy of the official configs/<name>.py with a few dict entries set (the official training of 0.2.0
+    reads ``model.head.distill_weight`` even without --distill; the value of configs/yolov6n.py at 0.3.0)."""
+    text = (repo / "configs" / f"{name}.py").read_text()
+    text += "\nmodel['head']['distill_weight'] = {'class': 1.0, 'dfl': 1.0}\n"
+    for section, values in over.items():
+        text += f"{section}.update({values!r})\n"
+    path = tmp / f"{name}_parity.py"
+    path.write_text(text)
+    return path
+
+
+def record_yolov6(repo: Path, tmp: Path) -> dict:
+    """YOLOv6 0.2.0 tools/train.py: its engine updates lr / momentum after the backward, right before a
+    possible step, so the schedule is recorded at each optimizer step."""
+    sys.path.insert(0, str(repo))
+    os.chdir(repo)
+    from tests.parity.step_data import make_step_data
+
+    data_yaml = make_step_data(tmp / "data")
+    import yolov6.core.engine as engine
+    import yolov6.models.yolo as yolo
+
+    rec = dict(step_lr=[], step_momentum=[], steps=[])
+    calls = [0]
+    real_forward = yolo.Model.forward
+
+    def cheap_forward(self, x):
+        if not self.training or x.shape[0] == 1:
+            return real_forward(self, x)
+        return next(self.parameters()).view(-1)[:1].sum() * 0.0, None
+
+    def cheap_loss(self, outputs, targets, epoch_num):
+        calls[0] += 1
+        return outputs, torch.zeros(3)
+
+    yolo.Model.forward = cheap_forward
+    engine.ComputeLoss.__call__ = cheap_loss
+    engine.Trainer.eval_model = lambda self: setattr(self, "evaluate_results", (0.0, 0.0))
+    step = torch.optim.SGD.step
+
+    def recording_step(self, *a, **k):
+        rec["steps"].append(calls[0] - 1)
+        rec["step_lr"].append([g["lr"] for g in self.param_groups])
+        rec["step_momentum"].append(self.param_groups[0]["momentum"])
+        return step(self, *a, **k)
+
+    torch.optim.SGD.step = recording_step
+    cfg = yolov6_config(repo, tmp, "yolov6n", {})
+    sys.argv = ["tools/train.py", "--data-path", str(data_yaml), "--conf-file", str(cfg), "--img-size", "128",
+                "--batch-size", "5", "--epochs", str(EPOCHS), "--workers", "0", "--device", "cpu",
+                "--output-dir", str(tmp / "runs"), "--eval-final-only"]
+    try:
+        runpy.run_path(str(repo / "tools" / "train.py"), run_name="__main__")
+    finally:
+        torch.optim.SGD.step = step
+    rec["iterations"] = calls[0]
+    return {k: torch.tensor(v, dtype=torch.float64) for k, v in rec.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", required=True, choices=["yolov7", "sy4-csp", "sy4-large"])
+    ap.add_argument("--family", required=True, choices=["yolov7", "sy4-csp", "sy4-large", "yolov6"])
     ap.add_argument("--repo", required=True, type=Path)
     ap.add_argument("--run", default="", help="one run of the family (the script is re-run per run)")
     args = ap.parse_args()
@@ -120,9 +180,10 @@ def main() -> None:
                                    "--linear-lr"]},
         "sy4-csp": {"csp": ["--hyp", "data/hyp.scratch.yaml", "--cfg", "models/yolov4-csp.cfg"]},
         "sy4-large": {"large": ["--hyp", "data/hyp.scratch.yaml", "--cfg", "models/yolov4-p5.yaml"]},
+        "yolov6": {"n": []},
     }[args.family]
     loss = {"yolov7": ("utils.loss", ["ComputeLossOTA", "ComputeLoss"]), "sy4-csp": ("utils.loss", ["compute_loss"]),
-            "sy4-large": ("utils.general", ["compute_loss"])}[args.family]
+            "sy4-large": ("utils.general", ["compute_loss"]), "yolov6": None}[args.family]
     if not args.run:  # one process per run: the official modules keep state between runs
         import subprocess
 
@@ -136,14 +197,17 @@ def main() -> None:
             (Path(tmp) / "stubs").mkdir()
             (Path(tmp) / "stubs" / "mish_cuda").symlink_to(stub)
             sys.path.insert(0, str(Path(tmp) / "stubs"))
-        argv = runs[args.run] + ["--weights", ""] + (["--noautoanchor"] if args.family != "sy4-csp" else [])
-        rec = record_run(repo, Path(tmp), argv, *loss)
+        if args.family == "yolov6":
+            rec = record_yolov6(repo, Path(tmp))
+        else:
+            argv = runs[args.run] + ["--weights", ""] + (["--noautoanchor"] if args.family != "sy4-csp" else [])
+            rec = record_run(repo, Path(tmp), argv, *loss)
     path = OUT / "schedule.pt"
     allrec = torch.load(path, weights_only=True) if path.exists() else {}
     allrec[f"{args.family}:{args.run}"] = dict(rec, epochs=EPOCHS, batches=3, batch=5, argv=runs[args.run])
     OUT.mkdir(parents=True, exist_ok=True)
     torch.save(allrec, path)
-    print(f"{args.family}:{args.run}: {len(rec['lr'])} iterations, {len(rec['steps'])} optimizer steps -> {path}")
+    print(f"{args.family}:{args.run}: {len(rec['steps'])} optimizer steps -> {path}")
 
 
 if __name__ == "__main__":
