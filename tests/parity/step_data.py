@@ -8,7 +8,9 @@ trainer in the test) rebuild them from here, so the fixture holds only the offic
   augmentation filter drops one) and YOLO txt labels, ``data.yaml`` with train = val;
 * the initial weights: yoloforge's ``build_model(name, nc=4)`` under ``torch.manual_seed(0)`` (the same
   numbers under torch 2.13 and 2.14), every floating tensor rounded through fp16 (so yolov7's
-  ``model.half().float()`` leaves it unchanged).
+  ``model.half().float()`` leaves it unchanged); YOLOv6's box-regression biases at 2 (each anchor point
+  starts with a box of 2 strides a side, so that TAL finds predictions overlapping the objects: with none
+  the official loss divides 0 by 0).
 
 Both sides run in float64 (:func:`float64`): in float32 the two implementations of the same network
 give gradients up to ~3e-3 apart on some tensors (measured on yolov7-tiny: 2.9e-3 in float32, 3.6e-7 in
@@ -90,6 +92,9 @@ def initial_model(name: str):
     finally:
         torch.set_default_dtype(dtype)
     with torch.no_grad():
+        for k, t in model.state_dict().items():
+            if k.startswith("head.reg_preds.") and k.endswith(".bias"):  # YOLOv6: boxes of 2 strides a side,
+                t.fill_(2.0)  # so that TAL finds predictions overlapping the gts (official: 0/0 otherwise)
         for t in list(model.parameters()) + list(model.buffers()):
             if t.dtype.is_floating_point:
                 t.copy_(t.half().float())
