@@ -8,7 +8,8 @@ Rows (every one from the same seeded initialization, same data, epochs, batch):
 * ``official``: the preset named after the official file, as it is (``config.HYP_PRESETS``);
 * ``small-data``: the same with the ``small-data`` recipe laid over it (``config.RECIPES``);
 * ``small-data, official <switch>``: the small-data recipe with one of its deviations set back to the
-  official value, which measures what that deviation alone is worth.
+  official value, which measures what that deviation alone is worth;
+* ``small-data + <key>=<value>``: a loss deviation (yoloforge's former default) on top of small-data.
 
 The defaults are the demo's settings (``yoloforge demo``: 26 epochs at 160, batch 16 with no accumulation,
 mosaic closed for the last 8 epochs in every row) on the 200 / 50 generated images of bof_ablation.py. At this scale a run is a few minutes on a
@@ -39,6 +40,10 @@ GROUPS = {
 }
 
 
+# the loss deviations (yoloforge's former defaults), measured on top of the small-data recipe
+LOSS_SWITCHES = {"simota_dedup": True, "assign_argmax_positive": True, "anchor_match": "iou"}
+
+
 def rows_for(preset: str) -> dict[str, tuple[str | None, dict]]:
     official = HYP_PRESETS[preset]
     rows = {"official": (None, {}), "small-data": ("small-data", {})}
@@ -46,6 +51,9 @@ def rows_for(preset: str) -> dict[str, tuple[str | None, dict]]:
         keys = [k for k in keys if k in official]
         if keys and any(RECIPES["small-data"][k] != official[k] for k in keys):
             rows[f"small-data, official {name}"] = ("small-data", {k: official[k] for k in keys})
+    for k, v in LOSS_SWITCHES.items():
+        if k in official and official[k] != v:
+            rows[f"small-data + {k}={v}"] = ("small-data", {k: v})
     return rows
 
 
@@ -70,7 +78,7 @@ def main() -> None:
     ap.add_argument("--nbs", type=int, default=16, help="nominal batch (64 in the official scripts)")
     ap.add_argument("--close-mosaic", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--rows", default="all", help="comma-separated row name prefixes, or 'all'")
+    ap.add_argument("--rows", default="all", help="';'-separated row names (a trailing * matches a prefix), or 'all'")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--out", default="", help="folder for recipe_compare.csv")
     a = ap.parse_args()
@@ -79,7 +87,9 @@ def main() -> None:
     preset = build_model(a.model, nc=1).default_hyp
     data = shapes_data(n_train=200, n_val=50, imgsz=a.imgsz) if a.data == "shapes" else Path(a.data)
     rows = rows_for(preset)
-    names = list(rows) if a.rows == "all" else [n for n in rows if any(n.startswith(p) for p in a.rows.split(","))]
+    wanted = a.rows.split(";")
+    names = list(rows) if a.rows == "all" else [n for n in rows if any(n == p or (p.endswith("*") and n.startswith(p[:-1]))
+                                                                      for p in wanted)]
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in [int(s) for s in a.seeds.split(",")]:
