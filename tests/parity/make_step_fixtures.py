@@ -91,6 +91,35 @@ def flat_official(state: dict, keys: list[str]) -> torch.Tensor:
     return torch.cat([state[k].detach().double().flatten() for k in keys])
 
 
+def load_into_official(official, yf, idx_map: dict, keys: list[str]) -> None:
+    """Copy the yoloforge model's weights into the official model through the probe map."""
+    sd = official.state_dict()
+    flat = torch.zeros(sum(sd[k].numel() for k in keys), dtype=torch.float64)
+    for k, ids in idx_map.items():
+        flat[ids.flatten()] = yf.state_dict()[k].double().flatten()
+    with torch.no_grad():
+        off = 0
+        for k in keys:
+            n = sd[k].numel()
+            sd[k].copy_(flat[off:off + n].view_as(sd[k]))
+            off += n
+
+
+def case_tensors(records: list, yf, idx_map: dict) -> dict:
+    """Per yoloforge tensor: the official updates (value - initial value, float32: 1e-7 of the update is plenty
+    for a 1e-5 check) of the model and the EMA after each recorded step, at the sampled positions."""
+    from tests.parity.step_data import sample_positions
+
+    out = {}
+    for k, ids in idx_map.items():
+        pos = sample_positions(ids.numel())
+        sel = ids.flatten()[pos]
+        init = yf.state_dict()[k].double().flatten()[pos]
+        out[k] = dict(init=init[:4], model=[(r[0][sel] - init).float() for r in records],
+                      ema=[(r[1][sel] - init).float() for r in records])
+    return out
+
+
 def run_yolov7(repo: Path, tmp: Path) -> None:
     import yaml
 
@@ -100,24 +129,14 @@ def run_yolov7(repo: Path, tmp: Path) -> None:
     import utils.torch_utils as torch_utils
     from models.yolo import Model
 
-    from tests.parity.step_data import (BATCH, IMGSZ, N_IMAGES, NC, NO_AUG, float64, initial_model, make_step_data,
-                                        sample_positions)
+    from tests.parity.step_data import BATCH, IMGSZ, N_IMAGES, NC, NO_AUG, float64, initial_model, make_step_data
 
     data_yaml = make_step_data(tmp / "data")
     name = "yolov7-tiny"
     yf = initial_model(name)
     official = Model(str(repo / "cfg/training/yolov7-tiny.yaml"), ch=3, nc=NC)
     idx_map, keys = probe_map(official, name, tmp)
-    flat = torch.zeros(sum(official.state_dict()[k].numel() for k in keys), dtype=torch.float64)
-    for k, ids in idx_map.items():
-        flat[ids.flatten()] = yf.state_dict()[k].double().flatten()
-    with torch.no_grad():
-        off = 0
-        sd = official.state_dict()
-        for k in keys:
-            n = sd[k].numel()
-            sd[k].copy_(flat[off:off + n].view_as(sd[k]))
-            off += n
+    load_into_official(official, yf, idx_map, keys)
 
     datasets.random_perspective = lambda img, targets=(), segments=(), **kw: (img, targets)
     datasets.augment_hsv = lambda img, *a, **kw: None  # gains 0: skip the lossy uint8 BGR -> HSV -> BGR trip
@@ -165,14 +184,7 @@ def run_yolov7(repo: Path, tmp: Path) -> None:
             pass
         if len(records) < steps:
             raise SystemExit(f"{case}: the official run stopped after {len(records)} of {steps} steps")
-        out = {}
-        for k, ids in idx_map.items():
-            pos = sample_positions(ids.numel())
-            sel = ids.flatten()[pos]
-            init = yf.state_dict()[k].double().flatten()[pos]
-            # updates (value - initial value) in float32: 1e-7 relative to the update is plenty for a 1e-5 check
-            out[k] = dict(init=init[:4], model=[(r[0][sel] - init).float() for r in records],
-                          ema=[(r[1][sel] - init).float() for r in records])
+        out = case_tensors(records, yf, idx_map)
         fixture[case] = dict(start_epoch=start_epoch, epochs=epochs, lrf=lrf, steps=steps, losses=list(losses),
                              first_it=start_epoch * nb, tensors=out)
         print(f"{case}: recorded {len(records)} step(s) from epoch {start_epoch}, losses {losses}")
@@ -188,8 +200,7 @@ def run_yolov6(repo: Path, tmp: Path) -> None:
     os.chdir(repo)
     from tests.parity.make_loss_fixtures import _no_cuda
     from tests.parity.make_schedule_fixtures import yolov6_config
-    from tests.parity.step_data import (BATCH, IMGSZ, N_IMAGES, NC, NO_AUG, float64, initial_model, make_step_data,
-                                        sample_positions)
+    from tests.parity.step_data import BATCH, IMGSZ, N_IMAGES, NC, float64, initial_model, make_step_data
 
     import yolov6.core.engine as engine
     import yolov6.utils.ema as ema_mod
@@ -209,15 +220,7 @@ def run_yolov6(repo: Path, tmp: Path) -> None:
     with _no_cuda():
         official = official_build(cfg, NC, "cpu")
     idx_map, keys = probe_map(official, name, tmp)
-    flat = torch.zeros(sum(official.state_dict()[k].numel() for k in keys), dtype=torch.float64)
-    for k, ids in idx_map.items():
-        flat[ids.flatten()] = yf.state_dict()[k].double().flatten()
-    with torch.no_grad():
-        off, sd = 0, official.state_dict()
-        for k in keys:
-            n = sd[k].numel()
-            sd[k].copy_(flat[off:off + n].view_as(sd[k]))
-            off += n
+    load_into_official(official, yf, idx_map, keys)
     torch.save({"model": official}, tmp / "init.pt")
     cfg_path = yolov6_config(repo, tmp, name, {"data_aug": aug, "model": {"pretrained": str(tmp / "init.pt")}})
 
@@ -277,13 +280,7 @@ def run_yolov6(repo: Path, tmp: Path) -> None:
             pass
         if len(records) < steps:
             raise SystemExit(f"{case}: the official run stopped after {len(records)} of {steps} steps")
-        out = {}
-        for k, ids in idx_map.items():
-            pos = sample_positions(ids.numel())
-            sel = ids.flatten()[pos]
-            init = yf.state_dict()[k].double().flatten()[pos]
-            out[k] = dict(init=init[:4], model=[(r[0][sel] - init).float() for r in records],
-                          ema=[(r[1][sel] - init).float() for r in records])
+        out = case_tensors(records, yf, idx_map)
         fixture[case] = dict(start_epoch=start_epoch, epochs=epochs, lrf=lrf, steps=steps, first_it=start_epoch * nb,
                              tensors=out, losses=list(losses))
         print(f"{case}: recorded {len(records)} step(s) from epoch {start_epoch}, losses {losses}")
