@@ -49,23 +49,26 @@ def probe_map(official_model, name: str, tmp: Path) -> dict[str, torch.Tensor]:
 
     sd = official_model.state_dict()
     keys = [k for k, v in sd.items() if v.dtype.is_floating_point and "anchor" not in k]
-    offset, saved = 0, {}
-    with torch.no_grad():
-        for k in keys:
-            v = sd[k]
-            saved[k] = v.clone()
-            v.copy_(torch.arange(offset, offset + v.numel(), dtype=torch.float64).view_as(v).float())
-            offset += v.numel()
-    assert offset < 2 ** 24, "indices must be exact in float32"
-    torch.save({"model": official_model}, tmp / "probe.pt")
+    saved = {k: sd[k].clone() for k in keys}
+    offset = sum(sd[k].numel() for k in keys)
+    # indices above 2^24 are not exact in float32: probe twice, with the index modulo 4096 and divided by it
+    passes = [(1, 0)] if offset < 2 ** 24 else [(1, 4096), (4096, 0)]
+    out = {}
+    for div, mod in passes:
+        with torch.no_grad():
+            start = 0
+            for k in keys:
+                ids = torch.arange(start, start + sd[k].numel(), dtype=torch.long) // div
+                sd[k].copy_((ids % mod if mod else ids).view_as(sd[k]).float())
+                start += sd[k].numel()
+        torch.save({"model": official_model}, tmp / "probe.pt")
+        yf, _ = load_official(tmp / "probe.pt", variant=name)
+        for k, v in yf.state_dict().items():
+            if v.dtype.is_floating_point and "anchor" not in k and v.numel():
+                out[k] = out.get(k, 0) + v.round().long() * div
     with torch.no_grad():
         for k in keys:
             sd[k].copy_(saved[k])
-    yf, _ = load_official(tmp / "probe.pt", variant=name)
-    out = {}
-    for k, v in yf.state_dict().items():
-        if v.dtype.is_floating_point and "anchor" not in k and v.numel():
-            out[k] = v.round().long()
     used = torch.cat([v.flatten() for v in out.values()])
     if torch.unique(used).numel() != used.numel():
         raise SystemExit("the converter copies an official element twice here")
@@ -120,7 +123,22 @@ def case_tensors(records: list, yf, idx_map: dict) -> dict:
     return out
 
 
-def run_yolov7(repo: Path, tmp: Path) -> None:
+WKY = {  # the two yolov5-lineage scripts: yolov7 train.py and ScaledYOLOv4@yolov4-large train.py
+    "yolov7": dict(name="yolov7-tiny", cfg="cfg/training/yolov7-tiny.yaml", hyp="data/hyp.scratch.tiny.yaml",
+                   source="WongKinYiu/yolov7 train.py, data/hyp.scratch.tiny.yaml",
+                   where=lambda tmp, case: ["--workers", "0", "--project", str(tmp / "runs"), "--name", case,
+                                            "--exist-ok"],
+                   cases=(("warmup", 0, 300, None, 3), ("mid-warmup", 165, 300, None, 1), ("post", 346, 347, 1.0, 1))),
+    # no post-warm-up case: its lr floor is hard-coded (cosine * 0.8 + 0.2), so lrf cannot be 1 for the
+    # continued run (which the official script starts at lr0 * lf(0)); --rect: its mosaic has no switch
+    "sy4-large": dict(name="yolov4-p5", cfg="models/yolov4-p5.yaml", hyp="data/hyp.scratch.yaml",
+                      source="WongKinYiu/ScaledYOLOv4@yolov4-large train.py, data/hyp.scratch.yaml",
+                      where=lambda tmp, case: ["--logdir", str(tmp / "runs" / case), "--rect"],
+                      cases=(("warmup", 0, 300, None, 3), ("mid-warmup", 165, 300, None, 1))),
+}
+
+
+def run_yolov7(repo: Path, tmp: Path, family: str = "yolov7") -> None:
     import yaml
 
     sys.path.insert(0, str(repo))
@@ -132,9 +150,10 @@ def run_yolov7(repo: Path, tmp: Path) -> None:
     from tests.parity.step_data import BATCH, IMGSZ, N_IMAGES, NC, NO_AUG, float64, initial_model, make_step_data
 
     data_yaml = make_step_data(tmp / "data")
-    name = "yolov7-tiny"
+    spec = WKY[family]
+    name = spec["name"]
     yf = initial_model(name)
-    official = Model(str(repo / "cfg/training/yolov7-tiny.yaml"), ch=3, nc=NC)
+    official = Model(str(repo / spec["cfg"]), ch=3, nc=NC)
     idx_map, keys = probe_map(official, name, tmp)
     load_into_official(official, yf, idx_map, keys)
 
@@ -149,34 +168,47 @@ def run_yolov7(repo: Path, tmp: Path) -> None:
             raise _Stop
 
     torch_utils.ModelEMA.update = recording_update
-    import utils.loss as official_loss
+    losses = []
+    if family == "yolov7":
+        import utils.loss as official_loss
 
-    losses, loss_call = [], official_loss.ComputeLossOTA.__call__
+        loss_call = official_loss.ComputeLossOTA.__call__
 
-    def recording_loss(self, p, targets, imgs):
-        out = loss_call(self, p, targets, imgs)
-        losses.append(float(out[0]))
-        return out
+        def recording_loss(self, p, targets, imgs):
+            out = loss_call(self, p, targets, imgs)
+            losses.append(float(out[0]))
+            return out
 
-    official_loss.ComputeLossOTA.__call__ = recording_loss
-    hyp = yaml.safe_load((repo / "data/hyp.scratch.tiny.yaml").read_text())
+        official_loss.ComputeLossOTA.__call__ = recording_loss
+    else:  # yolov4-large: utils.general.compute_loss, imported by train.py when it runs
+        import utils.general as general
+
+        loss_fn = general.compute_loss
+
+        def recording_compute_loss(p, targets, model):
+            out = loss_fn(p, targets, model)
+            losses.append(float(out[0]))
+            return out
+
+        general.compute_loss = recording_compute_loss
+        general.plot_images = lambda *a, **k: None  # its hex colour parser fails on today's matplotlib
+    hyp = yaml.safe_load((repo / spec["hyp"]).read_text())
     hyp.update(NO_AUG)
-    fixture = dict(model=name, batch=BATCH, imgsz=IMGSZ, source="WongKinYiu/yolov7 train.py, data/hyp.scratch.tiny.yaml")
+    fixture = dict(model=name, batch=BATCH, imgsz=IMGSZ, source=spec["source"])
     nb = -(-N_IMAGES // BATCH)
-    for case, start_epoch, epochs, lrf, steps in (("warmup", 0, 300, hyp["lrf"], 3), ("mid-warmup", 165, 300, hyp["lrf"], 1),
-                                                  ("post", 346, 347, 1.0, 1)):
-        h = dict(hyp, lrf=lrf)
+    for case, start_epoch, epochs, lrf, steps in spec["cases"]:
+        lrf = lrf if lrf is not None else hyp.get("lrf", 0.2)
+        h = dict(hyp, lrf=lrf) if "lrf" in hyp else dict(hyp)
         (tmp / f"hyp_{case}.yaml").write_text(yaml.safe_dump(h))
         torch.save({"model": official, "optimizer": None, "epoch": start_epoch - 1, "best_fitness": None,
                     "training_results": None, "ema": None}, tmp / f"init_{case}.pt")
         records.clear()
         losses.clear()
         wanted = [steps]
-        sys.argv = ["train.py", "--weights", str(tmp / f"init_{case}.pt"), "--cfg", "cfg/training/yolov7-tiny.yaml",
+        sys.argv = ["train.py", "--weights", str(tmp / f"init_{case}.pt"), "--cfg", spec["cfg"],
                     "--data", str(data_yaml), "--hyp", str(tmp / f"hyp_{case}.yaml"), "--epochs", str(epochs),
-                    "--batch-size", str(BATCH), "--img-size", str(IMGSZ), str(IMGSZ), "--workers", "0",
-                    "--noautoanchor", "--notest", "--nosave", "--device", "cpu", "--project", str(tmp / "runs"),
-                    "--name", case, "--exist-ok"]
+                    "--batch-size", str(BATCH), "--img-size", str(IMGSZ), str(IMGSZ), "--noautoanchor", "--notest",
+                    "--nosave", "--device", "cpu"] + spec["where"](tmp, case)
         try:
             with float64():
                 runpy.run_path(str(repo / "train.py"), run_name="__main__")
@@ -185,12 +217,15 @@ def run_yolov7(repo: Path, tmp: Path) -> None:
         if len(records) < steps:
             raise SystemExit(f"{case}: the official run stopped after {len(records)} of {steps} steps")
         out = case_tensors(records, yf, idx_map)
+        # a continued yolov4-large run sets its EMA counter to start_epoch * nb // accumulate (train.py:158)
+        ema_updates = start_epoch * nb // max(round(64 / BATCH), 1) if family == "sy4-large" else 0
         fixture[case] = dict(start_epoch=start_epoch, epochs=epochs, lrf=lrf, steps=steps, losses=list(losses),
+                             ema_updates=ema_updates,
                              first_it=start_epoch * nb, tensors=out)
         print(f"{case}: recorded {len(records)} step(s) from epoch {start_epoch}, losses {losses}")
     OUT.mkdir(parents=True, exist_ok=True)
-    torch.save(fixture, OUT / "step_yolov7-tiny.pt")
-    print(f"wrote {OUT / 'step_yolov7-tiny.pt'}")
+    torch.save(fixture, OUT / f"step_{name}.pt")
+    print(f"wrote {OUT / f'step_{name}.pt'}")
 
 
 def run_yolov6(repo: Path, tmp: Path) -> None:
@@ -290,12 +325,20 @@ def run_yolov6(repo: Path, tmp: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", required=True, choices=["yolov7", "yolov6"])
+    ap.add_argument("--family", required=True, choices=["yolov7", "yolov6", "sy4-large"])
     ap.add_argument("--repo", required=True, type=Path)
     args = ap.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        (run_yolov7 if args.family == "yolov7" else run_yolov6)(args.repo.resolve(), Path(tmp))
+        if args.family == "yolov6":
+            run_yolov6(args.repo.resolve(), Path(tmp))
+        else:
+            stub = Path(__file__).resolve().parents[3] / "shared" / "tools" / "official-stubs" / "mish_cuda"
+            if args.family == "sy4-large" and stub.is_dir():  # a CUDA extension; the shared stand-in is plain Mish
+                (Path(tmp) / "stubs").mkdir()
+                (Path(tmp) / "stubs" / "mish_cuda").symlink_to(stub)
+                sys.path.insert(0, str(Path(tmp) / "stubs"))
+            run_yolov7(args.repo.resolve(), Path(tmp), args.family)
 
 
 if __name__ == "__main__":
