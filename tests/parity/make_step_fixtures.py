@@ -283,7 +283,8 @@ def run_yolov6(repo: Path, tmp: Path) -> None:
     nb = -(-N_IMAGES // BATCH)
     fixture = dict(model=name, batch=BATCH, imgsz=IMGSZ, source="meituan/YOLOv6@0.2.0 tools/train.py, configs/yolov6n.py")
     # Only the fresh-run case: continued at epoch 165 or 346 (TAL epochs) the official loss on this batch is
-    # NaN in its SIoU term (recorded losses [nan, nan, 0.0, 1.787]: total, iou, dfl, cls; yoloforge's is finite)
+    # NaN in its SIoU term (recorded losses [nan, nan, 0.0, 1.787]: total, iou, dfl, cls): one positive has
+    # exactly its target's centre, where the official angle cost is 0 / 0 (yoloforge's is 0)
     for case, start_epoch, epochs, steps in (("warmup", 0, 300, 3),):
         args = ["--data-path", str(data_yaml), "--conf-file", str(cfg_path), "--img-size", str(IMGSZ),
                 "--batch-size", str(BATCH), "--epochs", str(epochs), "--workers", "0", "--device", "cpu",
