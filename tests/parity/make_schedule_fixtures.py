@@ -105,6 +105,15 @@ def record_run(repo: Path, tmp: Path, argv: list[str], loss_module: str, loss_na
     return {k: torch.tensor(v, dtype=torch.float64) for k, v in rec.items()}
 
 
+def add_mish_stub(tmp: Path) -> None:
+    """Make ``import mish_cuda`` (a CUDA extension yolov4-large imports) find ../shared's plain-Mish stand-in."""
+    stub = Path(__file__).resolve().parents[3] / "shared" / "tools" / "official-stubs" / "mish_cuda"
+    if stub.is_dir():
+        (tmp / "stubs").mkdir(exist_ok=True)
+        (tmp / "stubs" / "mish_cuda").symlink_to(stub)
+        sys.path.insert(0, str(tmp / "stubs"))
+
+
 def yolov6_config(repo: Path, tmp: Path, name: str, over: dict) -> Path:
     """A copy of the official configs/<name>.py with a few dict entries set (the official training of 0.2.0
     reads ``model.head.distill_weight`` even without --distill; the value of configs/yolov6n.py at 0.3.0)."""
@@ -192,11 +201,8 @@ def main() -> None:
                            check=True)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        stub = Path(__file__).resolve().parents[3] / "shared" / "tools" / "official-stubs" / "mish_cuda"
-        if args.family == "sy4-large" and stub.is_dir():  # a CUDA extension; the shared stand-in is plain Mish
-            (Path(tmp) / "stubs").mkdir()
-            (Path(tmp) / "stubs" / "mish_cuda").symlink_to(stub)
-            sys.path.insert(0, str(Path(tmp) / "stubs"))
+        if args.family == "sy4-large":
+            add_mish_stub(Path(tmp))
         if args.family == "yolov6":
             rec = record_yolov6(repo, Path(tmp))
         else:

@@ -334,11 +334,10 @@ def main() -> None:
         if args.family == "yolov6":
             run_yolov6(args.repo.resolve(), Path(tmp))
         else:
-            stub = Path(__file__).resolve().parents[3] / "shared" / "tools" / "official-stubs" / "mish_cuda"
-            if args.family == "sy4-large" and stub.is_dir():  # a CUDA extension; the shared stand-in is plain Mish
-                (Path(tmp) / "stubs").mkdir()
-                (Path(tmp) / "stubs" / "mish_cuda").symlink_to(stub)
-                sys.path.insert(0, str(Path(tmp) / "stubs"))
+            if args.family == "sy4-large":
+                from tests.parity.make_schedule_fixtures import add_mish_stub
+
+                add_mish_stub(Path(tmp))
             run_yolov7(args.repo.resolve(), Path(tmp), args.family)
 
 

@@ -155,6 +155,11 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.hyp, weight_decay)
         self.lf = lr_lambda(self.hyp, cfg.epochs)
         self.loss_fn = self.model.build_loss(self.hyp)
+        if resume_state is None and self.hyp.get("init_fp16_round") and not cfg.weights and self.given_model is None:
+            with torch.no_grad():  # yolov7 train.py: model.half().float() before training from scratch
+                for t in list(self.model.parameters()) + list(self.model.buffers()):
+                    if t.dtype.is_floating_point:
+                        t.copy_(t.half().float())
         self.ema = ModelEMA(self.model, self.hyp["ema_decay"], self.hyp["ema_tau"]) if self.main else None
         self.use_amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
@@ -162,13 +167,6 @@ class Trainer:
         self.last_step_it = -1  # global iteration of the last optimizer step (YOLOv6's step rule)
         if resume_state is not None:
             self._load_resume(resume_state)
-        elif self.hyp.get("init_fp16_round") and not cfg.weights and self.given_model is None:
-            with torch.no_grad():  # yolov7 train.py: model.half().float() before training from scratch
-                for t in list(self.model.parameters()) + list(self.model.buffers()):
-                    if t.dtype.is_floating_point:
-                        t.copy_(t.half().float())
-            if self.ema is not None:
-                self.ema = ModelEMA(self.model, self.hyp["ema_decay"], self.hyp["ema_tau"])
         if self.world > 1:
             if cfg.sync_bn:
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
