@@ -1,6 +1,6 @@
 """Where the time of one ``yoloforge predict`` goes: read, pre, model, post, per image.
 
-    python benchmarks/predict_profile.py [--source /work/shared/data/coco128/images/val2017] [--imgsz 640]
+    python benchmarks/predict_profile.py [--source ../shared/data/coco128/images/val2017] [--imgsz 640]
                                          [--weights W.safetensors] [--rounds 2]
 
 Runs the real :class:`~yoloforge.engine.predictor.Predictor` batch path (``Predictor._run_batch``, which
@@ -65,7 +65,8 @@ def report(out: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--source", default="/work/shared/data/coco128/images/val2017")
+    ap.add_argument("--source", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128"
+                                            / "images" / "val2017"))  # ../shared beside the repo
     ap.add_argument("--weights", default=None, help="default: an untrained yolov6n saved to a temp dir")
     ap.add_argument("--model", default="yolov6n")
     ap.add_argument("--imgsz", type=int, default=640)

@@ -52,7 +52,7 @@ from _common import table
 from yoloforge.bench import SETTLE_S
 
 HERE = Path(__file__).resolve().parent
-COCO = Path("/work/shared/data/coco128")
+COCO = HERE.parents[1] / "shared" / "data" / "coco128"  # ../shared beside the repo
 
 
 class UL:

@@ -10,7 +10,7 @@ import pytest
 
 from yoloforge.data import formats as F
 
-COCO128 = Path("/work/shared/data/coco128")
+COCO128 = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128"  # ../shared beside the repo
 
 
 def write_img(path, h=60, w=80, ext=".png"):

@@ -15,7 +15,7 @@ try:
 except ImportError:  # tests run as a package
     from tests.test_augment import background, check_follow, hue_bgr
 
-COCO128 = Path("/work/shared/data/coco128")
+COCO128 = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128"  # ../shared beside the repo
 SHAPES = [(120, 200), (200, 120), (150, 150), (90, 160), (160, 100), (140, 180), (100, 100), (130, 90)]
 NAMES = [f"hue{k}" for k in range(9)]
 NO_COLOUR = dict(hsv_h=0.0, hsv_s=0.0, hsv_v=0.0)

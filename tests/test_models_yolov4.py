@@ -16,7 +16,7 @@ from yoloforge.models.yolov4_blocks import (BottleneckCSP, BottleneckCSP2, Chann
 from yoloforge.utils.flops import count_gflops, count_params
 from helpers import randomize_bn
 
-# /work/shared/FACTS.md "Verified counts of the official models" (fused, nc 80).
+# ../shared/FACTS.md "Verified counts of the official models" (fused, nc 80).
 OFFICIAL = {
     "yolov4-tiny": (416, 6.054, 6.91),
     "yolov4-csp": (640, 52.896, 120.24),

@@ -14,7 +14,7 @@ from yoloforge.models.registry import build_model, list_models
 from yoloforge.models.yolov6 import YOLOv6
 from yoloforge.utils.flops import count_gflops, count_params, model_info
 
-# /work/shared/FACTS.md "Verified counts of the official models" (fused, nc 80, 640x640).
+# ../shared/FACTS.md "Verified counts of the official models" (fused, nc 80, 640x640).
 OFFICIAL = {
     "yolov6n": (4.317, 11.04),
     "yolov6t": (14.971, 36.32),

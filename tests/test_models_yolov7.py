@@ -20,7 +20,7 @@ from yoloforge.models import yolov7_specs as S
 from yoloforge.utils.flops import count_gflops, count_params
 from helpers import randomize_bn
 
-# /work/shared/FACTS.md "Verified counts of the official models" (cfg/deploy, fused, nc 80).
+# ../shared/FACTS.md "Verified counts of the official models" (cfg/deploy, fused, nc 80).
 OFFICIAL = {
     "yolov7-tiny": (6.220, 13.70, 640),
     "yolov7": (36.905, 104.51, 640),

@@ -16,7 +16,7 @@ Scaling (meituan/YOLOv6@0.2.0 ``yolov6/models/yolo.py`` build_network): repeats
 ``[1, 6, 12, 18, 6]`` (backbone) + ``[12, 12, 12, 12]`` (neck) become ``max(round(n * depth), 1)``
 for ``n > 1``; channels ``[64, 128, 256, 512, 1024]`` + ``[256, 128, 128, 256, 256, 512]`` become
 ``ceil(c * width / 8) * 8``. Variant settings from ``configs/yolov6{n,s,m,l}.py`` at 0.2.0; the T
-variant is the paper's T (depth 0.25 / width 0.50, see /work/shared/FACTS.md), not 0.2.0's
+variant is the paper's T (depth 0.25 / width 0.50, see ../shared/FACTS.md), not 0.2.0's
 ``yolov6t.py``. YOLOv6-L trains with ``training_mode = "conv_silu"`` (plain conv+BN+SiLU blocks,
 SiLU CSP convs, SPPF instead of SimSPPF); ``yolov6l-relu`` is the RepVGG/ReLU version.
 """
