@@ -16,18 +16,10 @@ import torch
 
 from .safe_unpickle import FormatError, RawCheckpoint, load_pickled
 from .units import ConvertError
+from yoloforge.utils.metrics import COCO_NAMES
 
 __all__ = ["COCO_NAMES", "read_checkpoint", "load_official", "convert", "add_parser", "run", "ConvertError"]
 
-COCO_NAMES = (
-    "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant stop_sign "
-    "parking_meter bench bird cat dog horse sheep cow elephant bear zebra giraffe backpack umbrella handbag tie "
-    "suitcase frisbee skis snowboard sports_ball kite baseball_bat baseball_glove skateboard surfboard "
-    "tennis_racket bottle wine_glass cup fork knife spoon bowl banana apple sandwich orange broccoli carrot "
-    "hot_dog pizza donut cake chair couch potted_plant bed dining_table toilet tv laptop mouse remote keyboard "
-    "cell_phone microwave oven toaster sink refrigerator book clock vase scissors teddy_bear hair_drier toothbrush"
-).replace("_", "~").split()
-COCO_NAMES = [n.replace("~", " ") for n in COCO_NAMES]
 
 
 def sha256(path: str | Path) -> str:

@@ -1,7 +1,8 @@
 """DetectionDataset: images + validated labels -> fixed-size training/validation samples.
 
 ``ds[i] -> (img uint8 tensor (3, S, S) RGB -- (3, h, w) in rectangular validation batches --, labels float32
-tensor (n, 5) [cls, x1, y1, x2, y2] pixels, meta dict(path, orig_shape=(h0, w0), ratio_pad=((rx, ry), (px, py))))``.
+tensor (n, 5) [cls, x1, y1, x2, y2] pixels, meta dict(path, orig_shape=(h0, w0), ratio_pad=((rx, ry), (px, py)),
+image_id))``. ``image_id`` and ``category_ids`` are what a COCO results json calls the image and the classes.
 
 Training samples (``augment=True``) are built by :class:`yoloforge.data.augment.Augmenter` (mosaic or
 letterbox + affine, then mixup, HSV, flips) with a generator seeded from ``(seed, epoch, index)``, so
@@ -22,6 +23,7 @@ from torch.utils.data import Dataset
 
 from .augment import Augmenter, DEFAULT_HYP, clip_and_filter, letterbox, scale_labels
 from .formats import DataError, scan_dataset
+from yoloforge.utils.metrics import category_ids_for
 
 
 def _mem_available() -> int | None:
@@ -72,6 +74,9 @@ class DetectionDataset(Dataset):
         self.labels = scan.labels
         self.shapes = scan.shapes
         self.report = scan.report
+        # what a COCO results json names each image and class (the source json's ids where there is one)
+        self.image_ids = np.asarray(scan.image_ids, np.int64)
+        self.category_ids = list(scan.category_ids) if scan.category_ids is not None else category_ids_for(self.names)
         self.hyp = {**DEFAULT_HYP, **(hyp or {})}
         self.aug = Augmenter(self.hyp, self.imgsz) if self.augment else None
         self.mosaic = self.augment and self.hyp["mosaic"] > 0
@@ -107,6 +112,7 @@ class DetectionDataset(Dataset):
         self.img_files = [self.img_files[i] for i in order]
         self.labels = [self.labels[i] for i in order]
         self.shapes = np.asarray(self.shapes)[order]
+        self.image_ids = self.image_ids[order]
         ar = ratio[order]
         nb = (len(ar) + batch - 1) // batch
         rel = np.ones((nb, 2))
@@ -187,5 +193,5 @@ class DetectionDataset(Dataset):
             labels = clip_and_filter(scale_labels(lab, r1, pad), img.shape[:2])
             ratio_pad = ((r0[0] * r1[0], r0[1] * r1[1]), pad)
         img = np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))  # BGR HWC -> RGB CHW
-        meta = dict(path=self.img_files[i], orig_shape=(h0, w0), ratio_pad=ratio_pad)
+        meta = dict(path=self.img_files[i], orig_shape=(h0, w0), ratio_pad=ratio_pad, image_id=int(self.image_ids[i]))
         return torch.from_numpy(img), torch.from_numpy(np.ascontiguousarray(labels, np.float32)), meta

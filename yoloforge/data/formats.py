@@ -15,6 +15,7 @@ import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from pathlib import Path
 
 import cv2
@@ -23,7 +24,7 @@ import yaml
 
 IMG_FORMATS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm"}
 CLIP_TOL = 0.01  # corners up to this far outside [0, 1] (normalized) are clipped; farther -> row dropped
-CACHE_VERSION = "yoloforge-scan-1"
+CACHE_VERSION = "yoloforge-scan-2"  # 2: image ids and category ids are cached too
 
 
 class DataError(ValueError):
@@ -92,7 +93,7 @@ def load_data_yaml(path) -> DataConfig:
     if names is None:
         jsons = [s for s in (train or []) + (val or []) if s.endswith(".json")]
         if jsons:
-            names = load_coco_json(jsons[0])[3]
+            names = load_coco_json(jsons[0]).names
         elif d.get("nc") is not None:
             names = [f"class{i}" for i in range(int(d["nc"]))]
         else:
@@ -128,7 +129,7 @@ def list_images(source) -> list[Path]:
                 f = Path(line).expanduser()
                 files.append(f if f.is_absolute() else (p.parent / f))
     elif p.suffix.lower() == ".json" and p.is_file():
-        files = load_coco_json(p)[0]
+        files = load_coco_json(p).files
     elif p.is_file():
         files = [p]
     else:
@@ -288,8 +289,20 @@ def read_yolo_labels(txt, nc: int, w: int, h: int):
     return a.astype(np.float32), issues
 
 
-def load_coco_json(path):
-    """COCO detection json -> (img_paths, labels list[(n, 5) pixels], shapes (N, 2) h/w, names, messages).
+class CocoSource(NamedTuple):
+    """What :func:`load_coco_json` reads: per image its path, labels (n, 5) pixels, (h, w) and json id;
+    the class names and json category ids (class index i is category ``category_ids[i]``); messages."""
+    files: list
+    labels: list
+    shapes: np.ndarray
+    names: list
+    msgs: list
+    image_ids: list
+    category_ids: list
+
+
+def load_coco_json(path) -> CocoSource:
+    """COCO detection json -> :class:`CocoSource`.
 
     Categories are remapped to contiguous ids sorted by their json id; ``iscrowd`` boxes are skipped;
     images without annotations are backgrounds. Image files are looked up next to the json, in its
@@ -321,8 +334,9 @@ def load_coco_json(path):
             msgs.append(("class_range", f"{path}: annotation {a.get('id')} has unknown category {a['category_id']}"))
             continue
         rows[a["image_id"]].append((cat2cls[a["category_id"]], x, y, x + bw, y + bh))
-    files, labels, shapes = [], [], []
+    files, labels, shapes, ids = [], [], [], []
     for im in images:
+        ids.append(int(im["id"]))
         h, w = int(im["height"]), int(im["width"])
         lab = np.array(rows[im["id"]], np.float32).reshape(-1, 5)
         lab[:, [1, 3]] = lab[:, [1, 3]].clip(0, w)
@@ -333,7 +347,8 @@ def load_coco_json(path):
         files.append(base / im["file_name"])
         labels.append(lab[ok])
         shapes.append((h, w))
-    return files, labels, np.array(shapes, np.int64).reshape(-1, 2), names, msgs
+    return CocoSource(files, labels, np.array(shapes, np.int64).reshape(-1, 2), names, msgs, ids,
+                      [int(c["id"]) for c in cats])
 
 
 # ----------------------------------------------------------------------------------------------------- scan
@@ -374,6 +389,28 @@ class ScanResult:
     labels: list[np.ndarray]
     shapes: np.ndarray  # (N, 2) h, w
     report: DataReport
+    image_ids: np.ndarray = None  # (N,) int64: the COCO json's ids, else numeric file stems, else scan order
+    category_ids: list = None  # the COCO json's category id of each class index; None for YOLO txt
+
+    def __post_init__(self):
+        if self.image_ids is None:
+            self.image_ids = np.arange(len(self.img_files), dtype=np.int64)
+
+
+def image_ids_for(files, json_ids) -> tuple[np.ndarray, str | None]:
+    """The COCO image id of each file: its json id where it came from a json; for YOLO txt the numeric file
+    stem (``000000000139.jpg`` -> 139, as the official COCO scripts do) when every such stem is numeric and
+    distinct; otherwise the scan order. Ids that collide fall back to the scan order with a message."""
+    n = len(files)
+    txt = [i for i in range(n) if json_ids[i] is None]
+    stems = [Path(files[i]).stem for i in txt]
+    use_stem = bool(txt) and all(st.isdigit() for st in stems) and len(set(map(int, stems))) == len(stems)
+    ids = np.array([json_ids[i] if json_ids[i] is not None else (int(Path(files[i]).stem) if use_stem else i)
+                    for i in range(n)], np.int64)
+    if len(np.unique(ids)) != n:
+        return np.arange(n, dtype=np.int64), ("image ids collide between sources; COCO results json uses the "
+                                              "scan order as image_id")
+    return ids, None
 
 
 def _stat(p) -> str:
@@ -405,7 +442,9 @@ def _save_cache(path: Path, key: str, res: ScanResult) -> bool:
         with open(tmp, "wb") as f:
             np.savez(f, key=np.array(key), files=np.array([str(p) for p in res.img_files], dtype=str),
                      labels=lab.astype(np.float32), counts=n, shapes=res.shapes.astype(np.int64),
-                     report=np.array(json.dumps(rep)))
+                     report=np.array(json.dumps(rep)), image_ids=np.asarray(res.image_ids, np.int64),
+                     category_ids=np.array(res.category_ids if res.category_ids is not None else [], np.int64),
+                     has_category_ids=np.array(res.category_ids is not None))
         os.replace(tmp, path)
         return True
     except OSError:
@@ -420,8 +459,9 @@ def _load_cache(path: Path, key: str) -> ScanResult | None:
             counts = z["counts"]
             labels = np.split(z["labels"], np.cumsum(counts)[:-1]) if len(counts) else []
             rep = DataReport(**json.loads(str(z["report"])))
+            cats = z["category_ids"].tolist() if bool(z["has_category_ids"]) else None
             return ScanResult([Path(p) for p in z["files"].tolist()], [l.copy() for l in labels],
-                              z["shapes"].copy(), rep)
+                              z["shapes"].copy(), rep, z["image_ids"].copy(), cats)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -454,18 +494,23 @@ def scan_dataset(source, nc: int, cache: bool = True, cache_dir=None, verbose: b
             return res
 
     rep = DataReport(source=name)
-    files, labels, shapes = [], [], []
+    files, labels, shapes, json_ids = [], [], [], []
+    category_ids = None
     for j in coco:
-        fs, ls, hw, jnames, msgs = load_coco_json(j)
-        for r, m in msgs:
+        src = load_coco_json(j)
+        for r, m in src.msgs:
             rep.add(r, m)
-        if len(jnames) != nc:
-            raise DataError(f"{j}: {len(jnames)} categories but the dataset has nc={nc}")
-        for f, l, s in zip(fs, ls, hw):
+        if len(src.names) != nc:
+            raise DataError(f"{j}: {len(src.names)} categories but the dataset has nc={nc}")
+        if category_ids is None:
+            category_ids = src.category_ids
+        elif category_ids != src.category_ids:
+            rep.add("warning", f"{j}: its category ids differ from {coco[0]}'s; results json uses {coco[0]}'s")
+        for f, l, s, i in zip(src.files, src.labels, src.shapes, src.image_ids):
             if not f.is_file():
                 rep.add("skipped", f"{f}: image listed in {j} not found, skipped")
                 continue
-            files.append(f), labels.append(l), shapes.append(tuple(s))
+            files.append(f), labels.append(l), shapes.append(tuple(s)), json_ids.append(i)
 
     def one(i):
         hw, warn = image_size(img_files[i])
@@ -479,14 +524,17 @@ def scan_dataset(source, nc: int, cache: bool = True, cache_dir=None, verbose: b
             for r, m in issues:
                 rep.add(r, m)
             if hw is not None:
-                files.append(img_files[i]), labels.append(lab), shapes.append(hw)
+                files.append(img_files[i]), labels.append(lab), shapes.append(hw), json_ids.append(None)
     if not files:
         raise DataError(f"no usable images found in {name}" + (f" ({rep.skipped_images} unreadable)"
                                                                if rep.skipped_images else ""))
     rep.images = len(files)
     rep.backgrounds = sum(len(l) == 0 for l in labels)
     rep.boxes = int(sum(len(l) for l in labels))
-    res = ScanResult(files, labels, np.array(shapes, np.int64).reshape(-1, 2), rep)
+    ids, msg = image_ids_for(files, json_ids)
+    if msg:
+        rep.add("warning", f"{name}: {msg}")
+    res = ScanResult(files, labels, np.array(shapes, np.int64).reshape(-1, 2), rep, ids, category_ids)
     saved = next((p for p in paths if _save_cache(p, key, res)), None)
     if verbose:
         print(rep.summary() + (f"\n  (labels cache saved to {saved})" if saved else ""))

@@ -107,7 +107,7 @@ def evaluate(model, loader, names: list[str], *, conf: float = 0.001, iou: float
             dets_orig = np.concatenate([boxes, det[:, 4:6]], 1)
             confusion.update(dets_orig, gt_boxes, t[:, 1].astype(int))
             tps.append(match_predictions(dets_orig, gt_boxes, t[:, 1].astype(int))[:, 0])
-            ids.append(_image_id(meta["path"], n_img))
+            ids.append(int(meta["image_id"]) if "image_id" in meta else _image_id(meta["path"], n_img))
             n_img += 1
     m = Metrics(images=n_img, instances=int(sum(len(g["classes"]) for g in gts)))
     if n_img:
@@ -126,7 +126,8 @@ def evaluate(model, loader, names: list[str], *, conf: float = 0.001, iou: float
             save_dir = Path(save_dir)
             save_dir.mkdir(parents=True, exist_ok=True)
             if save_json:
-                rows = to_coco_results(dts, ids)
+                # the source's own ids: a COCO json's image and category ids, or COCO's 91 ids for the 80-class layout
+                rows = to_coco_results(dts, ids, getattr(getattr(loader, "dataset", None), "category_ids", None))
                 p = save_dir / "predictions.json"
                 p.write_text(json.dumps(rows))
                 m.files["json"] = str(p)

@@ -17,7 +17,7 @@ import numpy as np
 
 from .boxes import box_iou
 
-__all__ = ["coco_map", "to_coco_results", "coco80_to_91", "ConfusionMatrix", "match_predictions",
+__all__ = ["coco_map", "to_coco_results", "coco80_to_91", "category_ids_for", "COCO_NAMES", "ConfusionMatrix", "match_predictions",
            "pr_curves", "ap_101"]
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -40,6 +40,25 @@ def _xywh(b: np.ndarray) -> np.ndarray:
     float32 noise such as 10.123000144958496 into the json)."""
     b = np.asarray(b, dtype=np.float64)
     return np.concatenate([b[:, :2], b[:, 2:4] - b[:, :2]], 1)
+
+
+# the 80 COCO training classes in their usual contiguous order (ultralytics / yolov7 data/coco.yaml spelling)
+COCO_NAMES = (
+    "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant stop_sign "
+    "parking_meter bench bird cat dog horse sheep cow elephant bear zebra giraffe backpack umbrella handbag tie "
+    "suitcase frisbee skis snowboard sports_ball kite baseball_bat baseball_glove skateboard surfboard "
+    "tennis_racket bottle wine_glass cup fork knife spoon bowl banana apple sandwich orange broccoli carrot "
+    "hot_dog pizza donut cake chair couch potted_plant bed dining_table toilet tv laptop mouse remote keyboard "
+    "cell_phone microwave oven toaster sink refrigerator book clock vase scissors teddy_bear hair_drier toothbrush"
+).replace("_", "~").split()
+COCO_NAMES = [n.replace("~", " ") for n in COCO_NAMES]
+
+
+def category_ids_for(names) -> list[int]:
+    """Category id of each class index in a COCO results json: COCO's own 1..90 ids when ``names`` are the 80
+    COCO classes (as the official test scripts map them), else the class index itself."""
+    names = [str(n).strip().lower() for n in names]
+    return coco80_to_91() if names == [n.lower() for n in COCO_NAMES] else list(range(len(names)))
 
 
 def coco80_to_91() -> list[int]:
