@@ -309,7 +309,7 @@ def add_parser(subparsers):
     p = subparsers.add_parser("benchmark", help="latency / throughput / mAP of a model in every export format")
     p.add_argument("--model", default="yolov6n", help="registered model name (used when --weights is not given)")
     p.add_argument("--weights", default=None, help="yoloforge .safetensors (default: an untrained --model)")
-    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--imgsz", type=int, default=640, help="input size in pixels")
     p.add_argument("--data", default=None, help="data yaml: adds mAP50-95 / mAP50 on its val split per format")
     p.add_argument("--batch", type=int, default=8, help="the larger batch size (batch 1 is always measured)")
     p.add_argument("--runs", type=int, default=20, help="measured calls per format and batch size")

@@ -15,6 +15,52 @@ from pathlib import Path
 from yoloforge.config import TrainConfig, parse_value
 
 
+TRAIN_HELP = {  # the meaning of every TrainConfig field, shown by `yoloforge train --help` with its default
+    "imgsz": "training and validation image size in pixels (a multiple of 32)",
+    "batch": "images per optimizer forward pass (per process under DDP)",
+    "nbs": "nominal batch size: gradients accumulate until this many images, and weight decay scales with it",
+    "workers": "data loader processes (clipped to the free CPUs)",
+    "device": "cpu, cuda, cuda:1 or a GPU index; empty: the local GPU if there is one, else cpu",
+    "weights": "start from these weights (.safetensors, or an official .pt converted on the fly)",
+    "project": "parent folder of the run folders",
+    "name": "run folder name under --project (numbered exp2, exp3 ... unless --exist-ok)",
+    "exist_ok": "reuse --project/--name instead of numbering a new folder",
+    "resume": "continue a run exactly: its folder, its weights/last.state.pt, or 'auto' for the newest run",
+    "hyp": "hyper-parameters: a preset (yolov6, p5, tiny, p6, yolov4), a recipe (small-data) or a yaml file; "
+           "empty: the preset named after the model's official file",
+    "seed": "seed of the initialization, the sampler and every augmentation",
+    "deterministic": "deterministic kernels (slower; bit-exact reruns on one machine)",
+    "amp": "mixed precision (used on CUDA)",
+    "val_interval": "validate every N epochs (and always after the last)",
+    "close_mosaic": "epochs at the end trained without mosaic/mixup; -1: the preset's own (YOLOv6 15, else 0)",
+    "patience": "stop after this many validations without improvement; 0: never",
+    "sync_bn": "synchronized BatchNorm across DDP processes",
+    "cache": "'ram' keeps the resized images in memory (refused if they do not fit); empty: read from disk",
+    "save_period": "also keep weights/epochN.safetensors every N epochs; 0: only last and best",
+    "conf": "confidence threshold of the validation NMS",
+    "iou": "IoU threshold of the validation NMS",
+    "plots": "write results.png, PR curve, confusion matrix and sample batches",
+    "verbose": "progress bars and per-epoch tables",
+}
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, flags with 'default: off' (argparse's own
+    ArgumentDefaultsHelpFormatter skips options without help text and prints 'False' for flags)."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS or "default" in h:
+            return h
+        if isinstance(action, argparse.BooleanOptionalAction):
+            return f"{h} (default: {'on' if action.default else 'off'})".strip()
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return f"{h} (default: off)".strip()
+        d = action.default
+        shown = "none" if d is None or d == "" or d == [] else "%(default)s"
+        return f"{h} (default: {shown})".strip()
+
+
 def _add_train(sub):
     p = sub.add_parser("train", help="train a model on a data yaml")
     defaults = TrainConfig()
@@ -27,9 +73,9 @@ def _add_train(sub):
         flag = "--" + f.name.replace("_", "-")
         d = getattr(defaults, f.name)
         if isinstance(d, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=d)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=d, help=TRAIN_HELP[f.name])
         else:
-            p.add_argument(flag, type=type(d), default=d)
+            p.add_argument(flag, type=type(d), default=d, help=TRAIN_HELP[f.name])
     p.add_argument("--hyp-override", action="append", default=[], metavar="KEY=VALUE",
                    help="override one hyper-parameter, e.g. --hyp-override lr0=0.02 (repeatable)")
     p.add_argument("--model-kw", action="append", default=[], metavar="KEY=VALUE",
@@ -68,8 +114,8 @@ def _add_common_infer(p):
     p.add_argument("--device", default="", help="cpu, cuda, cuda:1, or a GPU index")
     p.add_argument("--conf", type=float, default=None, help="confidence threshold")
     p.add_argument("--iou", type=float, default=None, help="NMS IoU threshold")
-    p.add_argument("--project", default=None)
-    p.add_argument("--name", default="exp")
+    p.add_argument("--project", default=None, help="parent folder of the results (default: runs/val or runs/predict)")
+    p.add_argument("--name", default="exp", help="results folder under --project, numbered if it exists")
 
 
 def cmd_val(a) -> int:
@@ -172,16 +218,17 @@ def cmd_demo(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="yoloforge", description="YOLOv6 / YOLOv7 / Scaled-YOLOv4: train, val, predict, deploy")
+    ap = argparse.ArgumentParser(prog="yoloforge", description="YOLOv6 / YOLOv7 / Scaled-YOLOv4: train, val, predict, deploy",
+                                 formatter_class=HelpFormatter)
     sub = ap.add_subparsers(dest="verb", required=True)
     _add_train(sub)
 
     p = sub.add_parser("val", help="COCO mAP of weights on a data split")
     _add_common_infer(p)
-    p.add_argument("--data", required=True)
-    p.add_argument("--split", default="val", choices=["train", "val", "test"])
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--data", required=True, help="data yaml")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"], help="which split of the data yaml")
+    p.add_argument("--batch", type=int, default=16, help="images per batch")
+    p.add_argument("--workers", type=int, default=2, help="data loader processes")
     p.add_argument("--save-json", action="store_true", help="write detections as COCO results json")
     p.add_argument("--no-rect", action="store_true",
                    help="square letterbox for every image (default: rectangular batches, as the official test scripts)")
@@ -191,10 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="detect objects in images, folders, globs or videos")
     _add_common_infer(p)
     p.add_argument("--source", required=True, help="image, folder, 'glob/*.jpg' or video")
-    p.add_argument("--max-det", type=int, default=300)
+    p.add_argument("--max-det", type=int, default=300, help="at most this many detections per image")
     p.add_argument("--classes", default="", help="keep only these class ids, e.g. 0,2")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--nms", default="iou", choices=["iou", "diou"])
+    p.add_argument("--batch", type=int, default=1, help="images per forward pass")
+    p.add_argument("--nms", default="iou", choices=["iou", "diou"], help="NMS kind (diou: YOLOv4's DIoU-NMS)")
     p.add_argument("--save-txt", action="store_true", help="also write YOLO txt labels")
     p.add_argument("--save-json", action="store_true", help="also write a COCO results json")
     p.add_argument("--no-save", action="store_true", help="do not write annotated images")
@@ -206,17 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OpenVINO inference precision; auto: the CPU's native one (bf16 on AVX512-BF16/AMX CPUs)")
 
     p = sub.add_parser("export", help="export the fused model to ONNX / OpenVINO / TensorRT")
-    p.add_argument("--weights", required=True)
-    p.add_argument("--format", default="onnx", choices=["onnx", "openvino", "engine"])
+    p.add_argument("--weights", required=True, help="yoloforge .safetensors (or an official checkpoint)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "openvino", "engine"],
+                   help="onnx, openvino (IR .xml/.bin) or engine (TensorRT, needs a GPU)")
     p.add_argument("--imgsz", type=int, default=None, help="input size (default: the training size)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch axis (and height/width when exported without --nms)")
     p.add_argument("--half", action="store_true", help="fp16 weights")
     p.add_argument("--nms", action="store_true", help="NonMaxSuppression inside the graph (final boxes out)")
     p.add_argument("--conf", type=float, default=0.25, help="with --nms: confidence threshold baked in")
     p.add_argument("--iou", type=float, default=0.45, help="with --nms: IoU threshold baked in")
-    p.add_argument("--max-det", type=int, default=300)
-    p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--no-simplify", action="store_true")
+    p.add_argument("--max-det", type=int, default=300, help="with --nms: detections per image baked in")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxslim graph simplification")
     p.add_argument("--output", default=None, help="output path (default: beside the weights)")
 
     p = sub.add_parser("quantize", help="int8 post-training quantization with a per-layer sensitivity report")
@@ -233,9 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="output directory (default: <weights stem>_int8/ beside them)")
 
     p = sub.add_parser("info", help="params and GFLOPs (train-time and deployed)")
-    p.add_argument("--model", default="")
-    p.add_argument("--imgsz", type=int, default=640)
-    p.add_argument("--nc", type=int, default=80)
+    p.add_argument("--model", default="", help="registered model name")
+    p.add_argument("--imgsz", type=int, default=640, help="input size the GFLOPs are counted at")
+    p.add_argument("--nc", type=int, default=80, help="number of classes")
     p.add_argument("--list", action="store_true", help="list registered models")
 
     from yoloforge import bench, scaling
@@ -246,16 +294,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_parser(sub)
 
     p = sub.add_parser("demo", help="train yolov6n on generated shapes, validate, predict")
-    p.add_argument("--project", default="runs/demo")
-    p.add_argument("--model", default="yolov6n")
-    p.add_argument("--epochs", type=int, default=26)
-    p.add_argument("--imgsz", type=int, default=160)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--n-train", type=int, default=400)
-    p.add_argument("--n-val", type=int, default=100)
-    p.add_argument("--close-mosaic", type=int, default=8)
-    p.add_argument("--val-interval", type=int, default=5)
+    p.add_argument("--project", default="runs/demo", help="where the data, run, val and predictions go")
+    p.add_argument("--model", default="yolov6n", help="registered model name")
+    p.add_argument("--epochs", type=int, default=26, help="training epochs")
+    p.add_argument("--imgsz", type=int, default=160, help="image size")
+    p.add_argument("--batch", type=int, default=16, help="batch size (no accumulation)")
+    p.add_argument("--workers", type=int, default=2, help="data loader processes")
+    p.add_argument("--n-train", type=int, default=400, help="generated training images")
+    p.add_argument("--n-val", type=int, default=100, help="generated validation images")
+    p.add_argument("--close-mosaic", type=int, default=8, help="last epochs without mosaic")
+    p.add_argument("--val-interval", type=int, default=5, help="validate every N epochs")
+    for p in sub.choices.values():
+        p.formatter_class = HelpFormatter
     return ap
 
 

@@ -405,7 +405,7 @@ def add_parser(subparsers):
     p.add_argument("--imgsz", type=_floats, default=None, help="size; a comma list sweeps the input size")
     p.add_argument("--width", type=_floats, default=None, help="comma list of width multipliers to sweep")
     p.add_argument("--depth", type=_floats, default=None, help="comma list of depth multipliers to sweep")
-    p.add_argument("--nc", type=int, default=80)
+    p.add_argument("--nc", type=int, default=80, help="number of classes")
     p.add_argument("--b", type=int, default=256, help="formula tables: base width b")
     p.add_argument("--size", type=int, default=52, help="formula tables: feature-map size w = h")
     p.set_defaults(func=run)
