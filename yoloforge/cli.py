@@ -1,4 +1,5 @@
-"""``yoloforge VERB [options]`` -- one verb per mode: train val predict export quantize benchmark convert scale info demo.
+"""``yoloforge VERB [options]`` -- one verb per mode: train val predict export quantize benchmark convert scale info
+serve demo.
 
 Errors a user can fix (missing file, bad label, bad option) print one line and exit 2;
 they never end in a traceback from deep inside torch.
@@ -286,9 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nc", type=int, default=80, help="number of classes")
     p.add_argument("--list", action="store_true", help="list registered models")
 
-    from yoloforge import bench, scaling
+    from yoloforge import bench, scaling, serve
     from yoloforge.convert import add_parser as add_convert
 
+    serve.add_parser(sub)
     scaling.add_parser(sub)
     add_convert(sub)
     bench.add_parser(sub)
@@ -321,6 +323,12 @@ def _benchmark(a) -> int:
     return bench.run(a)
 
 
+def _serve(a) -> int:
+    from yoloforge import serve
+
+    return serve.run(a)
+
+
 def _convert(a) -> int:
     from yoloforge.convert import run
 
@@ -329,7 +337,7 @@ def _convert(a) -> int:
 
 VERBS = {"train": cmd_train, "val": cmd_val, "predict": cmd_predict, "export": cmd_export, "quantize": cmd_quantize, "info": cmd_info,
          "demo": cmd_demo, "scale": _scale, "convert": _convert,
-         "benchmark": _benchmark}
+         "benchmark": _benchmark, "serve": _serve}
 
 
 def main(argv: list[str] | None = None) -> int:

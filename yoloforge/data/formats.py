@@ -186,6 +186,26 @@ def _jpeg_size(f) -> tuple[int, int] | None:
     return (w, h) if orient in (5, 6, 7, 8) else (h, w)  # cv2.imread applies EXIF rotation
 
 
+def header_size(f) -> tuple[tuple[int, int] | None, str | None]:
+    """(h, w) from the header of an open binary file (JPEG incl. EXIF rotation, PNG, BMP) without decoding
+    it, and a warning; ``(None, None)`` for other formats (decode them to know)."""
+    head = f.read(26)
+    hw, warn = None, None
+    if head[:2] == b"\xff\xd8":
+        f.seek(2)
+        hw = _jpeg_size(f)
+        f.seek(-2, os.SEEK_END)
+        if hw and f.read(2) != b"\xff\xd9":
+            warn, hw = "truncated JPEG (no end marker)", None
+    elif head[:8] == b"\x89PNG\r\n\x1a\n":
+        w, h = struct.unpack(">II", head[16:24])
+        hw = (h, w)
+    elif head[:2] == b"BM":
+        w, h = struct.unpack("<ii", head[18:26])
+        hw = (abs(h), w)
+    return (hw if hw and min(hw) > 0 else None), warn
+
+
 def image_size(path) -> tuple[tuple[int, int] | None, str | None]:
     """(h, w) read from the header (JPEG incl. EXIF rotation, PNG, BMP), else by decoding.
 
@@ -193,21 +213,8 @@ def image_size(path) -> tuple[tuple[int, int] | None, str | None]:
     """
     try:
         with open(path, "rb") as f:
-            head = f.read(26)
-            hw, warn = None, None
-            if head[:2] == b"\xff\xd8":
-                f.seek(2)
-                hw = _jpeg_size(f)
-                f.seek(-2, os.SEEK_END)
-                if hw and f.read(2) != b"\xff\xd9":
-                    warn, hw = "truncated JPEG (no end marker)", None
-            elif head[:8] == b"\x89PNG\r\n\x1a\n":
-                w, h = struct.unpack(">II", head[16:24])
-                hw = (h, w)
-            elif head[:2] == b"BM":
-                w, h = struct.unpack("<ii", head[18:26])
-                hw = (abs(h), w)
-        if hw and min(hw) > 0:
+            hw, warn = header_size(f)
+        if hw:
             return hw, warn
     except (OSError, struct.error, TypeError) as e:
         return None, f"unreadable image ({e.__class__.__name__})"

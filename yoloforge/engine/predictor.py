@@ -165,10 +165,36 @@ class Predictor:
         self.conf, self.iou, self.max_det, self.classes = conf, iou, max_det, classes
         self.batch, self.device, self.agnostic, self.nms_kind = max(int(batch), 1), torch.device(device), agnostic, nms_kind
 
-    @torch.inference_mode()
     def _run_batch(self, items) -> list[Results]:
+        out = self.predict_batch([it[1] for it in items])
+        for r, (path, _, frame) in zip(out, items):
+            r.path, r.frame = path, frame
+        return out
+
+    def predict_batch(self, imgs: list[np.ndarray], conf=None, iou=None) -> list[Results]:
+        """BGR images, each exactly as it would come out alone. ``conf`` / ``iou``: one value or one per image
+        (a server batches requests that asked for different thresholds); None: the predictor's own.
+
+        With the rectangular letterbox, images of different canvas shapes run as separate forward passes: a
+        shared larger canvas would pad them differently, and the result would depend on the batch."""
+        n = len(imgs)
+        confs = list(conf) if isinstance(conf, (list, tuple)) else [self.conf if conf is None else conf] * n
+        ious = list(iou) if isinstance(iou, (list, tuple)) else [self.iou if iou is None else iou] * n
+        groups: dict[tuple, list[int]] = {}
+        for k, img in enumerate(imgs):
+            key = rect_shape(img.shape[:2], self.imgsz, self.rect_stride) if self.rect_stride else (self.imgsz,) * 2
+            groups.setdefault(key, []).append(k)
+        out: list = [None] * n
+        for idx in groups.values():
+            for k, r in zip(idx, self._forward([imgs[k] for k in idx], [confs[k] for k in idx], [ious[k] for k in idx])):
+                out[k] = r
+        return out
+
+    @torch.inference_mode()
+    def _forward(self, imgs: list[np.ndarray], confs: list[float], ious: list[float]) -> list[Results]:
+        n = len(imgs)
         t0 = time.perf_counter()
-        x, rps = preprocess([it[1] for it in items], self.imgsz, self.rect_stride)
+        x, rps = preprocess(imgs, self.imgsz, self.rect_stride)
         xt = torch.from_numpy(x)
         if isinstance(self.model, torch.nn.Module):
             xt = xt.to(self.device)
@@ -176,17 +202,21 @@ class Predictor:
         pred = self.model(xt)
         if isinstance(pred, (list, tuple)):
             pred = pred[0]
-        pred = torch.as_tensor(pred)
+        pred = torch.as_tensor(pred).float()
         t2 = time.perf_counter()
-        dets = non_max_suppression(pred.float(), conf=self.conf, iou=self.iou, max_det=self.max_det,
-                                   classes=self.classes, agnostic=self.agnostic, kind=self.nms_kind)
+        if len(set(confs)) == 1 and len(set(ious)) == 1:
+            dets = non_max_suppression(pred, conf=confs[0], iou=ious[0], max_det=self.max_det,
+                                       classes=self.classes, agnostic=self.agnostic, kind=self.nms_kind)
+        else:
+            dets = [non_max_suppression(pred[k:k + 1], conf=c, iou=u, max_det=self.max_det, classes=self.classes,
+                                        agnostic=self.agnostic, kind=self.nms_kind)[0]
+                    for k, (c, u) in enumerate(zip(confs, ious))]
         out = []
-        for (path, img, frame), det, rp in zip(items, dets, rps):
+        for img, det, rp in zip(imgs, dets, rps):
             det = det.cpu().numpy()
             boxes = unletterbox_boxes(det[:, :4], rp, img.shape[:2]) if len(det) else np.zeros((0, 4), np.float32)
-            out.append(Results(boxes, det[:, 4], det[:, 5].astype(int), self.names, path, img, frame))
+            out.append(Results(boxes, det[:, 4], det[:, 5].astype(int), self.names, "", img, None))
         t3 = time.perf_counter()
-        n = len(items)
         for r in out:
             r.speed_ms = {"pre": 1e3 * (t1 - t0) / n, "model": 1e3 * (t2 - t1) / n, "post": 1e3 * (t3 - t2) / n}
         return out
