@@ -74,8 +74,9 @@ class Detector:
         return int(self.meta.get("imgsz") or 640)
 
     # ------------------------------------------------------------------ verbs
-    def train(self, data: str, **cfg) -> Path:
-        """Train (or fine-tune, when this Detector holds weights); returns the best weights' path."""
+    def train(self, data: str, callbacks=None, **cfg) -> Path:
+        """Train (or fine-tune, when this Detector holds weights); returns the best weights' path.
+        ``callbacks``: see :mod:`yoloforge.engine.callbacks`."""
         from yoloforge.config import TrainConfig
         from yoloforge.engine.trainer import Trainer
 
@@ -87,7 +88,8 @@ class Detector:
         cfg.setdefault("model", self.model.name)
         cfg.setdefault("device", self.device)
         trainer = Trainer(TrainConfig.from_dict(dict(cfg, data=str(data))),
-                          model=None if cfg.get("weights") else self.model, resume_epochs=resume_epochs)
+                          model=None if cfg.get("weights") else self.model, resume_epochs=resume_epochs,
+                          callbacks=callbacks)
         best = trainer.train()
         if Path(best).exists():
             from yoloforge.utils.checkpoint import load_model

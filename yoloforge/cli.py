@@ -42,6 +42,8 @@ TRAIN_HELP = {  # the meaning of every TrainConfig field, shown by `yoloforge tr
     "iou": "IoU threshold of the validation NMS",
     "plots": "write results.png, PR curve, confusion matrix and sample batches",
     "verbose": "progress bars and per-epoch tables",
+    "tensorboard": "TensorBoard event files in <run>/tensorboard (where the tensorboard package is installed)",
+    "mlflow": "also log to this MLflow tracking URI (http://host:5000 or sqlite:///path/mlflow.db)",
 }
 
 

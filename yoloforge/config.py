@@ -214,6 +214,8 @@ class TrainConfig:
     iou: float = 0.65
     plots: bool = True
     verbose: bool = True
+    tensorboard: bool = True  # event files in <run>/tensorboard where the tensorboard package is installed
+    mlflow: str = ""  # MLflow tracking URI (http://host:5000 or sqlite:///path/mlflow.db); empty: off
 
     def __post_init__(self) -> None:
         checks = {

@@ -31,6 +31,7 @@ class Metrics:
     instances: int = 0
     speed_ms: dict = field(default_factory=dict)  # per image: pre, model, post
     files: dict = field(default_factory=dict)  # what was written: json, plots
+    pr: dict = field(default_factory=dict, repr=False)  # all-class counts at IoU 0.5 per score threshold (PR curve)
 
     @property
     def fitness(self) -> float:
@@ -60,6 +61,19 @@ class Metrics:
 def _image_id(path: str, index: int) -> int:
     stem = Path(path).stem
     return int(stem) if stem.isdigit() else index
+
+
+def pr_counts(tp, scores, n_gt: int, points: int = 101) -> dict:
+    """True / false positives and misses of all classes together at IoU 0.5, for score thresholds
+    ``linspace(0, 1, points)``: what TensorBoard's PR curve plots."""
+    th = np.linspace(0, 1, points)
+    tp = np.asarray(tp, bool).reshape(-1)
+    order = np.argsort(-np.asarray(scores, np.float64).reshape(-1), kind="stable")
+    s, t = np.asarray(scores, np.float64).reshape(-1)[order], tp[order]
+    ctp = np.concatenate([[0], np.cumsum(t)])
+    k = np.searchsorted(-s, -th, side="right")  # detections with score >= threshold
+    tps = ctp[k].astype(np.float64)
+    return {"thresholds": th, "tp": tps, "fp": k - tps, "fn": n_gt - tps}
 
 
 @torch.no_grad()
@@ -121,6 +135,7 @@ def evaluate(model, loader, names: list[str], *, conf: float = 0.001, iou: float
         pr = pr_curves(np.concatenate(tps), np.concatenate([d["scores"] for d in dts]),
                        np.concatenate([d["classes"] for d in dts]), np.concatenate([g["classes"] for g in gts]), nc)
         m.precision, m.recall = float(pr["mp"]), float(pr["mr"])
+        m.pr = pr_counts(np.concatenate(tps), np.concatenate([d["scores"] for d in dts]), m.instances)
         m.speed_ms = {"pre": 1e3 * t_pre / n_img, "model": 1e3 * t_model / n_img, "post": 1e3 * t_post / n_img}
         if save_dir is not None:
             save_dir = Path(save_dir)

@@ -70,12 +70,17 @@ def _set_rng_state(s: dict) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig | dict, model: nn.Module | None = None, resume_epochs: int | None = None):
-        """``resume_epochs``: with ``cfg.resume``, train up to this many epochs instead of the saved count."""
+    def __init__(self, cfg: TrainConfig | dict, model: nn.Module | None = None, resume_epochs: int | None = None,
+                 callbacks=None):
+        """``resume_epochs``: with ``cfg.resume``, train up to this many epochs instead of the saved count.
+        ``callbacks``: objects with any of the hooks of :class:`yoloforge.engine.callbacks.Callback`, called
+        after the default loggers (TensorBoard, MLflow with ``cfg.mlflow``)."""
         self.cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(cfg)
         self.given_model = model
         self.resume_epochs = resume_epochs
+        self.user_callbacks = list(callbacks or [])
         self._last_step_batch = 0
+        self.iteration = 0
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -249,8 +254,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train(self) -> Path:
+        from yoloforge.engine.callbacks import CallbackList, default_callbacks
+
         self._setup()
         cfg = self.cfg
+        self.callbacks = CallbackList((default_callbacks(cfg) if self.main else []) + (self.user_callbacks if self.main else []))
         nb = len(self.train_loader)
         n_warmup = warmup_iters(self.hyp, nb, cfg.epochs)
         if self.main and n_warmup > 0.5 * nb * cfg.epochs:
@@ -263,6 +271,7 @@ class Trainer:
                      + (f", {self.world} processes" if self.world > 1 else "") + f") -> {self.run_dir}")
             if cfg.plots:
                 self._plot_labels()
+            self.callbacks("on_train_start", self)
         self.optimizer.zero_grad(set_to_none=True)
         metrics = Metrics()
         epoch = self.start_epoch
@@ -326,8 +335,12 @@ class Trainer:
                 self._last_step_batch = i + 1
                 self.last_step_it = it
             mloss = items if mloss is None else (mloss * (i - start) + items) / (i - start + 1)
+            self.iteration = it + 1
             if self.main:
                 pbar.set_postfix({n: f"{v:.3f}" for n, v in zip(self.loss_fn.names, mloss.tolist())})
+                if cfg.plots and epoch == self.start_epoch and i - start < 3:
+                    self._plot_train_batch(imgs, targets, i - start)
+                self.callbacks("on_batch_end", self, epoch, i, dict(zip(self.loss_fn.names, items.tolist())))
         self.epoch_time = time.time() - t0
         self.epoch_loss = mloss if mloss is not None else torch.zeros(len(self.loss_fn.names))
 
@@ -428,6 +441,7 @@ class Trainer:
             if new:
                 w.writeheader()
             w.writerow(row)
+        self.callbacks("on_epoch_end", self, epoch, row, m)
         if self.cfg.verbose:
             loss = " ".join(f"{n}={v:.3f}" for n, v in zip(self.loss_fn.names, self.epoch_loss.tolist()))
             metrics = f"mAP50={m.map50:.3f} mAP50-95={m.map:.3f}" if validated else "(not validated)"
@@ -462,8 +476,20 @@ class Trainer:
             except Exception as e:
                 LOG.warning(f"plots skipped: {e}")
         self.final_metrics = final
+        self.callbacks("on_train_end", self, best, final)
         LOG.info(f"results in {self.run_dir} (best: {best})")
         return best
+
+    def _plot_train_batch(self, imgs: torch.Tensor, targets: torch.Tensor, k: int) -> None:
+        """train_batch{k}.jpg: the first augmented batches as the model sees them, with their labels."""
+        try:
+            from yoloforge.utils.plots import plot_image_grid
+
+            plot_image_grid((imgs.detach()[:16] * 255).clamp(0, 255).to(torch.uint8).cpu(),
+                            targets=targets[targets[:, 0] < 16].cpu(), names=self.names,
+                            path=self.run_dir / f"train_batch{k}.jpg")
+        except Exception as e:  # noqa: BLE001 - a plot never stops training
+            LOG.warning(f"train batch plot skipped: {e}")
 
     def _plot_val_batch(self, model: nn.Module) -> None:
         """Predictions of the (fused) best model next to the labels, on the first val batch."""
