@@ -6,10 +6,16 @@ import argparse
 from yoloforge.cli import build_parser
 
 
-def _verbs():
-    ap = build_parser()
-    sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices
+def _verbs(parser=None, prefix=""):
+    """Every (sub-)command parser by its full name ("train", "data check", ...)."""
+    parser = parser or build_parser()
+    out = {}
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for name, p in a.choices.items():
+                out[prefix + name] = p
+                out.update(_verbs(p, prefix + name + " "))
+    return out
 
 
 def test_every_option_has_help_and_shows_its_default():

@@ -145,7 +145,8 @@ def _coco(tmp_path):
 
 def test_coco_json(tmp_path):
     j, a = _coco(tmp_path)
-    files, labels, shapes, names, msgs, ids, cat_ids = F.load_coco_json(j)
+    src = F.load_coco_json(j)
+    files, labels, shapes, names = src.files, src.labels, src.shapes, src.names
     assert names == ["x", "y", "z"] and files[0] == a and files[0].exists()
     np.testing.assert_allclose(labels[0], [[2, 10, 20, 40, 60], [0, 0, 0, 200, 50]])  # clipped to width
     assert labels[1].shape == (0, 5) and shapes.tolist() == [[100, 200], [50, 50]]

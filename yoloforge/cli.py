@@ -291,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from yoloforge import bench, scaling, serve
     from yoloforge.convert import add_parser as add_convert
+    from yoloforge.data import tools as data_tools
 
+    data_tools.add_parser(sub)
     serve.add_parser(sub)
     scaling.add_parser(sub)
     add_convert(sub)
@@ -308,8 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-val", type=int, default=100, help="generated validation images")
     p.add_argument("--close-mosaic", type=int, default=8, help="last epochs without mosaic")
     p.add_argument("--val-interval", type=int, default=5, help="validate every N epochs")
-    for p in sub.choices.values():
-        p.formatter_class = HelpFormatter
+    def formatted(parser):
+        parser.formatter_class = HelpFormatter
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for q in a.choices.values():
+                    formatted(q)
+
+    formatted(ap)
     return ap
 
 
@@ -323,6 +331,12 @@ def _benchmark(a) -> int:
     from yoloforge import bench
 
     return bench.run(a)
+
+
+def _data(a) -> int:
+    from yoloforge.data import tools
+
+    return tools.run(a)
 
 
 def _serve(a) -> int:
@@ -339,7 +353,7 @@ def _convert(a) -> int:
 
 VERBS = {"train": cmd_train, "val": cmd_val, "predict": cmd_predict, "export": cmd_export, "quantize": cmd_quantize, "info": cmd_info,
          "demo": cmd_demo, "scale": _scale, "convert": _convert,
-         "benchmark": _benchmark, "serve": _serve}
+         "benchmark": _benchmark, "serve": _serve, "data": _data}
 
 
 def main(argv: list[str] | None = None) -> int:

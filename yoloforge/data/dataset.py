@@ -69,13 +69,15 @@ class DetectionDataset(Dataset):
         if self.nc == 0:
             raise DataError(f"{source}: no class names given")
         self.imgsz, self.stride, self.seed, self.augment = int(imgsz), int(stride), int(seed), bool(augment)
-        scan = scan_dataset(source, self.nc, cache=cache is not False, cache_dir=cache_dir, verbose=verbose)
+        scan = scan_dataset(source, self.nc, cache=cache is not False, cache_dir=cache_dir, verbose=verbose,
+                            names=self.names)
         self.img_files = [str(p) for p in scan.img_files]
         self.labels = scan.labels
         self.shapes = scan.shapes
         self.report = scan.report
         # what a COCO results json names each image and class (the source json's ids where there is one)
         self.image_ids = np.asarray(scan.image_ids, np.int64)
+        self.ignore = scan.ignore  # per image: regions validation ignores (COCO iscrowd, VOC difficult), original pixels
         self.category_ids = list(scan.category_ids) if scan.category_ids is not None else category_ids_for(self.names)
         self.hyp = {**DEFAULT_HYP, **(hyp or {})}
         self.aug = Augmenter(self.hyp, self.imgsz) if self.augment else None
@@ -113,6 +115,7 @@ class DetectionDataset(Dataset):
         self.labels = [self.labels[i] for i in order]
         self.shapes = np.asarray(self.shapes)[order]
         self.image_ids = self.image_ids[order]
+        self.ignore = [self.ignore[i] for i in order]
         ar = ratio[order]
         nb = (len(ar) + batch - 1) // batch
         rel = np.ones((nb, 2))
@@ -194,4 +197,6 @@ class DetectionDataset(Dataset):
             ratio_pad = ((r0[0] * r1[0], r0[1] * r1[1]), pad)
         img = np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))  # BGR HWC -> RGB CHW
         meta = dict(path=self.img_files[i], orig_shape=(h0, w0), ratio_pad=ratio_pad, image_id=int(self.image_ids[i]))
+        if not self.augment and len(self.ignore[i]):
+            meta["ignore"] = self.ignore[i]
         return torch.from_numpy(img), torch.from_numpy(np.ascontiguousarray(labels, np.float32)), meta

@@ -24,7 +24,7 @@ import yaml
 
 IMG_FORMATS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm"}
 CLIP_TOL = 0.01  # corners up to this far outside [0, 1] (normalized) are clipped; farther -> row dropped
-CACHE_VERSION = "yoloforge-scan-2"  # 2: image ids and category ids are cached too
+CACHE_VERSION = "yoloforge-scan-3"  # 2: image and category ids are cached too; 3: VOC, ignored regions
 
 
 class DataError(ValueError):
@@ -112,12 +112,17 @@ def load_data_yaml(path) -> DataConfig:
 
 # -------------------------------------------------------------------------------------------- image sources
 def list_images(source) -> list[Path]:
-    """Image paths of a source: directory (recursive), ``.txt`` list, glob, COCO ``.json``, image, or list."""
+    """Image paths of a source: directory (recursive), ``.txt`` list, glob, COCO ``.json``, a Pascal VOC
+    ``ImageSets/Main/<split>.txt`` or ``JPEGImages/``, image, or list."""
     if isinstance(source, (list, tuple)):
         return [p for s in source for p in list_images(s)]
+    from .voc import voc_images, voc_root_of
+
     s = str(source)
     p = Path(s).expanduser()
-    if _is_glob(s) and not p.exists():
+    if voc_root_of(p) is not None:
+        files = voc_images(p)
+    elif _is_glob(s) and not p.exists():
         files = [Path(f) for f in sorted(glob.glob(s, recursive=True))]
     elif p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMG_FORMATS and f.is_file())
@@ -306,12 +311,14 @@ class CocoSource(NamedTuple):
     msgs: list
     image_ids: list
     category_ids: list
+    ignore: list  # per image (k, 5) iscrowd boxes: not trained on, ignored regions at validation
 
 
 def load_coco_json(path) -> CocoSource:
     """COCO detection json -> :class:`CocoSource`.
 
-    Categories are remapped to contiguous ids sorted by their json id; ``iscrowd`` boxes are skipped;
+    Categories are remapped to contiguous ids sorted by their json id; ``iscrowd`` boxes are not trained on
+    (they are kept in ``ignore``, regions validation neither rewards nor punishes, as pycocotools does);
     images without annotations are backgrounds. Image files are looked up next to the json, in its
     parent, in ``images/`` and in ``<split>/`` (``instances_val2017.json`` -> ``val2017/``).
     """
@@ -332,18 +339,20 @@ def load_coco_json(path) -> CocoSource:
         f0 = images[0]["file_name"]
         base = next((c for c in cands if (c / f0).exists()), path.parent)
     rows: dict[int, list] = {im["id"]: [] for im in images}
+    crowd: dict[int, list] = {im["id"]: [] for im in images}
     msgs = []
     for a in d.get("annotations", []):
-        if a.get("iscrowd", 0) or a["image_id"] not in rows:
+        if a["image_id"] not in rows:
             continue
         x, y, bw, bh = a["bbox"]
         if a["category_id"] not in cat2cls:
             msgs.append(("class_range", f"{path}: annotation {a.get('id')} has unknown category {a['category_id']}"))
             continue
-        rows[a["image_id"]].append((cat2cls[a["category_id"]], x, y, x + bw, y + bh))
-    files, labels, shapes, ids = [], [], [], []
+        (crowd if a.get("iscrowd", 0) else rows)[a["image_id"]].append((cat2cls[a["category_id"]], x, y, x + bw, y + bh))
+    files, labels, shapes, ids, ignore = [], [], [], [], []
     for im in images:
         ids.append(int(im["id"]))
+        ignore.append(np.array(crowd[im["id"]], np.float32).reshape(-1, 5))
         h, w = int(im["height"]), int(im["width"])
         lab = np.array(rows[im["id"]], np.float32).reshape(-1, 5)
         lab[:, [1, 3]] = lab[:, [1, 3]].clip(0, w)
@@ -355,7 +364,7 @@ def load_coco_json(path) -> CocoSource:
         labels.append(lab[ok])
         shapes.append((h, w))
     return CocoSource(files, labels, np.array(shapes, np.int64).reshape(-1, 2), names, msgs, ids,
-                      [int(c["id"]) for c in cats])
+                      [int(c["id"]) for c in cats], ignore)
 
 
 # ----------------------------------------------------------------------------------------------------- scan
@@ -398,10 +407,13 @@ class ScanResult:
     report: DataReport
     image_ids: np.ndarray = None  # (N,) int64: the COCO json's ids, else numeric file stems, else scan order
     category_ids: list = None  # the COCO json's category id of each class index; None for YOLO txt
+    ignore: list = None  # per image (k, 5) boxes validation ignores (COCO iscrowd, VOC difficult)
 
     def __post_init__(self):
         if self.image_ids is None:
             self.image_ids = np.arange(len(self.img_files), dtype=np.int64)
+        if self.ignore is None:
+            self.ignore = [np.zeros((0, 5), np.float32) for _ in self.img_files]
 
 
 def image_ids_for(files, json_ids) -> tuple[np.ndarray, str | None]:
@@ -451,7 +463,9 @@ def _save_cache(path: Path, key: str, res: ScanResult) -> bool:
                      labels=lab.astype(np.float32), counts=n, shapes=res.shapes.astype(np.int64),
                      report=np.array(json.dumps(rep)), image_ids=np.asarray(res.image_ids, np.int64),
                      category_ids=np.array(res.category_ids if res.category_ids is not None else [], np.int64),
-                     has_category_ids=np.array(res.category_ids is not None))
+                     has_category_ids=np.array(res.category_ids is not None),
+                     ignore=np.concatenate(res.ignore, 0).astype(np.float32) if res.ignore else np.zeros((0, 5), np.float32),
+                     ignore_counts=np.array([len(x) for x in res.ignore], np.int64))
         os.replace(tmp, path)
         return True
     except OSError:
@@ -467,13 +481,16 @@ def _load_cache(path: Path, key: str) -> ScanResult | None:
             labels = np.split(z["labels"], np.cumsum(counts)[:-1]) if len(counts) else []
             rep = DataReport(**json.loads(str(z["report"])))
             cats = z["category_ids"].tolist() if bool(z["has_category_ids"]) else None
+            ic = z["ignore_counts"]
+            ignore = np.split(z["ignore"], np.cumsum(ic)[:-1]) if len(ic) else []
             return ScanResult([Path(p) for p in z["files"].tolist()], [l.copy() for l in labels],
-                              z["shapes"].copy(), rep, z["image_ids"].copy(), cats)
+                              z["shapes"].copy(), rep, z["image_ids"].copy(), cats, [x.copy() for x in ignore])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def scan_dataset(source, nc: int, cache: bool = True, cache_dir=None, verbose: bool = True) -> ScanResult:
+def scan_dataset(source, nc: int, cache: bool = True, cache_dir=None, verbose: bool = True,
+                 names: list | None = None) -> ScanResult:
     """Find images and validated labels of ``source`` (any :func:`list_images` source or list of them).
 
     Unreadable images are skipped (counted); labels are checked by :func:`read_yolo_labels`. The result
@@ -482,18 +499,24 @@ def scan_dataset(source, nc: int, cache: bool = True, cache_dir=None, verbose: b
     """
     import hashlib
 
+    from .voc import annotation_path, read_voc_xml, voc_root_of
+
     srcs = list(source) if isinstance(source, (list, tuple)) else [source]
     name = ", ".join(str(s) for s in srcs[:3]) + (" ..." if len(srcs) > 3 else "")
-    coco, plain = [], []
+    coco, voc, plain = [], [], []
     for s in srcs:
-        (coco if str(s).lower().endswith(".json") else plain).append(s)
+        (coco if str(s).lower().endswith(".json") else voc if voc_root_of(s) is not None else plain).append(s)
+    if voc and not names:
+        raise DataError(f"{voc[0]}: a Pascal VOC source needs the class names (names: in the data yaml)")
+    voc_files = list_images(voc) if voc else []
     img_files = list_images(plain) if plain else []
     label_files = [img2label_path(f) for f in img_files]
-    hsh = hashlib.sha256(f"{CACHE_VERSION}|nc={nc}".encode())
-    for p in [*coco, *img_files, *label_files]:
+    xml_files = [annotation_path(f) for f in voc_files]
+    hsh = hashlib.sha256(f"{CACHE_VERSION}|nc={nc}|names={names if voc else ''}".encode())
+    for p in [*coco, *voc, *img_files, *label_files, *voc_files, *xml_files]:
         hsh.update(_stat(p).encode())
     key = hsh.hexdigest()
-    paths = _cache_path(srcs, label_files, key, cache_dir) if cache else []
+    paths = _cache_path(srcs, label_files or xml_files, key, cache_dir) if cache else []
     for p in paths:
         if p.is_file() and (res := _load_cache(p, key)) is not None:
             if verbose:
@@ -501,7 +524,7 @@ def scan_dataset(source, nc: int, cache: bool = True, cache_dir=None, verbose: b
             return res
 
     rep = DataReport(source=name)
-    files, labels, shapes, json_ids = [], [], [], []
+    files, labels, shapes, json_ids, ignore = [], [], [], [], []
     category_ids = None
     for j in coco:
         src = load_coco_json(j)
@@ -513,11 +536,34 @@ def scan_dataset(source, nc: int, cache: bool = True, cache_dir=None, verbose: b
             category_ids = src.category_ids
         elif category_ids != src.category_ids:
             rep.add("warning", f"{j}: its category ids differ from {coco[0]}'s; results json uses {coco[0]}'s")
-        for f, l, s, i in zip(src.files, src.labels, src.shapes, src.image_ids):
+        for f, l, s, i, ig in zip(src.files, src.labels, src.shapes, src.image_ids, src.ignore):
             if not f.is_file():
                 rep.add("skipped", f"{f}: image listed in {j} not found, skipped")
                 continue
-            files.append(f), labels.append(l), shapes.append(tuple(s)), json_ids.append(i)
+            files.append(f), labels.append(l), shapes.append(tuple(s)), json_ids.append(i), ignore.append(ig)
+
+    def one_voc(i):
+        f = voc_files[i]
+        hw, warn = image_size(f)
+        if hw is None:
+            return None, None, None, [("skipped", f"{f}: {warn}, skipped")]
+        lab, hard, xml_hw, issues = read_voc_xml(xml_files[i], names)
+        if xml_hw is not None and xml_hw != tuple(hw):
+            issues.append(("warning", f"{xml_files[i]}: <size> says {xml_hw[1]}x{xml_hw[0]}, the image is "
+                                      f"{hw[1]}x{hw[0]}; the image's size is used"))
+        h, w = hw
+        for a in (lab, hard):
+            a[:, [1, 3]] = a[:, [1, 3]].clip(0, w)
+            a[:, [2, 4]] = a[:, [2, 4]].clip(0, h)
+        return hw, lab, hard, ([("warning", f"{f}: {warn}")] if warn else []) + issues
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as ex:
+        for i, (hw, lab, hard, issues) in enumerate(ex.map(one_voc, range(len(voc_files)))):
+            for r, m in issues:
+                rep.add(r, m)
+            if hw is not None:
+                files.append(voc_files[i]), labels.append(lab), shapes.append(hw), json_ids.append(None)
+                ignore.append(hard)
 
     def one(i):
         hw, warn = image_size(img_files[i])
@@ -532,6 +578,7 @@ def scan_dataset(source, nc: int, cache: bool = True, cache_dir=None, verbose: b
                 rep.add(r, m)
             if hw is not None:
                 files.append(img_files[i]), labels.append(lab), shapes.append(hw), json_ids.append(None)
+                ignore.append(np.zeros((0, 5), np.float32))
     if not files:
         raise DataError(f"no usable images found in {name}" + (f" ({rep.skipped_images} unreadable)"
                                                                if rep.skipped_images else ""))
@@ -541,7 +588,7 @@ def scan_dataset(source, nc: int, cache: bool = True, cache_dir=None, verbose: b
     ids, msg = image_ids_for(files, json_ids)
     if msg:
         rep.add("warning", f"{name}: {msg}")
-    res = ScanResult(files, labels, np.array(shapes, np.int64).reshape(-1, 2), rep, ids, category_ids)
+    res = ScanResult(files, labels, np.array(shapes, np.int64).reshape(-1, 2), rep, ids, category_ids, ignore)
     saved = next((p for p in paths if _save_cache(p, key, res)), None)
     if verbose:
         print(rep.summary() + (f"\n  (labels cache saved to {saved})" if saved else ""))

@@ -116,24 +116,31 @@ def evaluate(model, loader, names: list[str], *, conf: float = 0.001, iou: float
             shape = meta["orig_shape"]
             gt_boxes = unletterbox_boxes(t[:, 2:6], meta["ratio_pad"], shape) if len(t) else np.zeros((0, 4), np.float32)
             boxes = unletterbox_boxes(det[:, :4], meta["ratio_pad"], shape) if len(det) else np.zeros((0, 4), np.float32)
-            gts.append({"boxes": gt_boxes, "classes": t[:, 1].astype(int), "shape": shape})
+            ign = meta.get("ignore")
+            if ign is not None and len(ign):  # COCO iscrowd / VOC difficult: neither a miss nor a false positive
+                gts.append({"boxes": np.concatenate([gt_boxes, ign[:, 1:5]]), "shape": shape,
+                            "classes": np.concatenate([t[:, 1].astype(int), ign[:, 0].astype(int)]),
+                            "iscrowd": np.r_[np.zeros(len(gt_boxes), int), np.ones(len(ign), int)]})
+            else:
+                gts.append({"boxes": gt_boxes, "classes": t[:, 1].astype(int), "shape": shape})
             dts.append({"boxes": boxes, "scores": det[:, 4], "classes": det[:, 5].astype(int)})
             dets_orig = np.concatenate([boxes, det[:, 4:6]], 1)
             confusion.update(dets_orig, gt_boxes, t[:, 1].astype(int))
             tps.append(match_predictions(dets_orig, gt_boxes, t[:, 1].astype(int))[:, 0])
             ids.append(int(meta["image_id"]) if "image_id" in meta else _image_id(meta["path"], n_img))
             n_img += 1
-    m = Metrics(images=n_img, instances=int(sum(len(g["classes"]) for g in gts)))
+    gt_cls = [g["classes"][g["iscrowd"] == 0] if "iscrowd" in g else g["classes"] for g in gts]  # without ignored
+    m = Metrics(images=n_img, instances=int(sum(len(c) for c in gt_cls)))
     if n_img:
         for g, i in zip(gts, ids):
             g["image_id"] = i
         r = coco_map(gts, dts, names)
         m.map, m.map50, m.map75 = float(r["map"]), float(r["map50"]), float(r["map75"])
-        counts = np.bincount(np.concatenate([g["classes"] for g in gts]).astype(int), minlength=nc) if m.instances else np.zeros(nc, int)
+        counts = np.bincount(np.concatenate(gt_cls).astype(int), minlength=nc) if m.instances else np.zeros(nc, int)
         m.per_class = {names[c]: (float(np.nan_to_num(r["per_class_ap"][c])), float(np.nan_to_num(r["per_class_ap50"][c])),
                                   int(counts[c])) for c in range(nc)}
         pr = pr_curves(np.concatenate(tps), np.concatenate([d["scores"] for d in dts]),
-                       np.concatenate([d["classes"] for d in dts]), np.concatenate([g["classes"] for g in gts]), nc)
+                       np.concatenate([d["classes"] for d in dts]), np.concatenate(gt_cls), nc)
         m.precision, m.recall = float(pr["mp"]), float(pr["mr"])
         m.pr = pr_counts(np.concatenate(tps), np.concatenate([d["scores"] for d in dts]), m.instances)
         m.speed_ms = {"pre": 1e3 * t_pre / n_img, "model": 1e3 * t_model / n_img, "post": 1e3 * t_post / n_img}
