@@ -30,11 +30,13 @@ def default_device(device: str = "") -> str:
 
 class Detector:
     def __init__(self, model: str | Path = "yolov6n", nc: int = 80, names: list[str] | None = None, device: str = "",
-                 cfg: str | Path | None = None):
+                 cfg: str | Path | None = None, pretrained: bool = False):
         """``model``: a registered name (untrained), yoloforge ``.safetensors`` weights, an exported ``.onnx`` /
         OpenVINO ``.xml``, an already opened runtime (:class:`yoloforge.export.runtime.Backend`), or an
         official checkpoint (yolov7 / YOLOv6 / ScaledYOLOv4 ``.pt``, darknet ``.weights`` with its ``cfg``),
-        converted safely on the fly."""
+        converted safely on the fly. ``pretrained=True`` with a registered name loads the official COCO weights
+        of that model (downloaded once, see :mod:`yoloforge.hub`); so does a release file name such as
+        ``"yolov7_training.pt"`` that is not a local file."""
         from yoloforge.export.runtime import Backend
         from yoloforge.models.registry import build_model
         from yoloforge.utils.checkpoint import load_model
@@ -44,6 +46,13 @@ class Detector:
         self.backend = None  # an exported model (ONNX / OpenVINO) run through yoloforge.export.runtime
         self._source: Path | None = None  # an official checkpoint this Detector was converted from
         src = str(model)
+        if not isinstance(model, Backend) and not Path(src).exists():
+            from yoloforge import hub
+
+            if pretrained or hub.is_release_name(src):
+                src = str(hub.pretrained(src))
+        elif pretrained:
+            raise ValueError(f"pretrained=True takes a model name (yolov7-tiny), not a file: {src}")
         if isinstance(model, Backend) or is_exported(src):
             from yoloforge.export import load_backend
 

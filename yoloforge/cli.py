@@ -22,7 +22,9 @@ TRAIN_HELP = {  # the meaning of every TrainConfig field, shown by `yoloforge tr
     "nbs": "nominal batch size: gradients accumulate until this many images, and weight decay scales with it",
     "workers": "data loader processes (clipped to the free CPUs)",
     "device": "cpu, cuda, cuda:1 or a GPU index; empty: the local GPU if there is one, else cpu",
-    "weights": "start from these weights (.safetensors, or an official .pt converted on the fly)",
+    "weights": "start from these weights: .safetensors, an official .pt / darknet file (converted on the fly), "
+               "'official' (the model's official COCO release, downloaded once) or a release file name "
+               "(yolov7_training.pt; `yoloforge weights list`)",
     "project": "parent folder of the run folders",
     "name": "run folder name under --project (numbered exp2, exp3 ... unless --exist-ok)",
     "exist_ok": "reuse --project/--name instead of numbering a new folder",
@@ -289,11 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nc", type=int, default=80, help="number of classes")
     p.add_argument("--list", action="store_true", help="list registered models")
 
-    from yoloforge import bench, scaling, serve
+    from yoloforge import bench, hub, scaling, serve
     from yoloforge.convert import add_parser as add_convert
     from yoloforge.data import tools as data_tools
 
     data_tools.add_parser(sub)
+    hub.add_parser(sub)
     serve.add_parser(sub)
     scaling.add_parser(sub)
     add_convert(sub)
@@ -339,6 +342,12 @@ def _data(a) -> int:
     return tools.run(a)
 
 
+def _weights(a) -> int:
+    from yoloforge import hub
+
+    return hub.run(a)
+
+
 def _serve(a) -> int:
     from yoloforge import serve
 
@@ -353,7 +362,7 @@ def _convert(a) -> int:
 
 VERBS = {"train": cmd_train, "val": cmd_val, "predict": cmd_predict, "export": cmd_export, "quantize": cmd_quantize, "info": cmd_info,
          "demo": cmd_demo, "scale": _scale, "convert": _convert,
-         "benchmark": _benchmark, "serve": _serve, "data": _data}
+         "benchmark": _benchmark, "serve": _serve, "data": _data, "weights": _weights}
 
 
 def main(argv: list[str] | None = None) -> int:

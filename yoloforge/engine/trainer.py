@@ -178,12 +178,32 @@ class Trainer:
             self.model = ddp.wrap(self.model, self.device)
         self.csv_path = self.run_dir / "results.csv"
 
+    def _resolve_weights(self, w: str) -> str:
+        """``official`` (the model's official release file, its _training one where there is one) or a release
+        file name that is not a local file -> the converted weights in the cache (:mod:`yoloforge.hub`)."""
+        if not w or Path(w).exists():
+            return w
+        from yoloforge import hub
+
+        if w != "official" and not hub.is_release_name(w):
+            return w  # load_model says it is not found
+        name = self.cfg.model if w == "official" else w
+        if not self.main:
+            ddp.barrier()  # rank 0 downloads first; the others then find it in the cache
+        path = str(hub.pretrained(name, training=(w == "official"), verbose=self.main))
+        if self.main:
+            ddp.barrier()
+        return path
+
     def _build_model(self) -> nn.Module:
         from yoloforge.models.registry import build_model
 
         cfg, nc = self.cfg, len(self.names)
-        if self.given_model is not None or cfg.weights:
-            model = self.given_model if self.given_model is not None else ckpt.load_model(cfg.weights)[0]
+        weights = self._resolve_weights(cfg.weights)
+        if self.given_model is not None or weights:
+            model = self.given_model if self.given_model is not None else ckpt.load_model(weights)[0]
+            if self.given_model is None and model.name != cfg.model and self.main:
+                LOG.warning(f"--weights {cfg.weights} holds {model.name}; training {model.name}, not --model {cfg.model}")
             if model.nc != nc:
                 LOG.info(f"{cfg.weights or model.name}: trained for {model.nc} classes, data has {nc}: "
                          f"re-initializing the class outputs only")
