@@ -2,9 +2,9 @@
 
 The fixtures (tests/parity/make_step_fixtures.py) hold the weights and EMA that the official yolov7
 train.py (yolov7-tiny, hyp.scratch.tiny.yaml), ScaledYOLOv4@yolov4-large train.py (yolov4-p5,
-hyp.scratch.yaml; warm-up cases only: its lr floor is hard-coded) and YOLOv6 0.2.0 tools/train.py (yolov6n,
-configs/yolov6n.py) produced (YOLOv6: the fresh-run case only; continued into its TAL epochs the official SIoU term is NaN on
-this batch) from the initial weights and data of tests/parity/step_data.py: after its first
+hyp.scratch.yaml; its lr floor is hard-coded, so its continued run has 10^7 epochs) and YOLOv6 0.2.0
+tools/train.py (yolov6n, configs/yolov6n.py; the fresh run is in its ATSS epochs, the continued ones in its TAL
+epochs) produced from the initial weights and data of tests/parity/step_data.py: after its first
 three optimizer steps of a fresh run (inside the 1000-iteration warm-up: lr, bias lr and momentum ramps,
 accumulation 1), after the first step of a run continued in the middle of the warm-up (accumulation
 ramped to 7, three batches accumulated) and after the first step of a run continued past the warm-up
@@ -21,8 +21,9 @@ import torch
 from tests.parity.step_data import BATCH, IMGSZ, NO_AUG, float64, initial_model, make_step_data, sample_positions
 
 FIXTURES = Path(__file__).parent / "fixtures" / "parity"
-CASES = ([("step_yolov7-tiny.pt", c) for c in ("warmup", "mid-warmup", "post")] + [("step_yolov6n.pt", "warmup")]
-         + [pytest.param("step_yolov4-p5.pt", c, marks=pytest.mark.slow) for c in ("warmup", "mid-warmup")])
+CASES = ([("step_yolov7-tiny.pt", c) for c in ("warmup", "mid-warmup", "post")]
+         + [("step_yolov6n.pt", c) for c in ("warmup", "mid-warmup", "post")]
+         + [pytest.param("step_yolov4-p5.pt", c, marks=pytest.mark.slow) for c in ("warmup", "mid-warmup", "post")])
 # (yolov4-p5, 71 M parameters in float64: ~40 s a case, so in `make test-slow`)
 
 

@@ -105,3 +105,51 @@ def test_hyp_overrides_and_unknown_keys(tmp_path):
     f.write_text("mosaic: 3\n")
     with pytest.raises(ValueError, match="mosaic"):
         load_hyp("yolov6", source=f)
+
+
+def test_sigterm_saves_like_ctrl_c_and_resume_is_exact(tiny_data, tmp_path, monkeypatch):
+    """SIGTERM (schedulers, containers, `kill`) saves a resumable state as Ctrl-C does; stale temp files of a
+    killed save are removed when the run continues."""
+    import os
+    import signal
+
+    Trainer(_cfg(tiny_data, tmp_path, "straight")).train()
+    straight = _final_state(tmp_path / "straight")
+    calls = {"n": 0}
+    orig = Trainer._optimizer_step
+
+    def terminated_step(self):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+        orig(self)
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", terminated_step)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(_cfg(tiny_data, tmp_path, "term")).train()
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+    saved = _final_state(tmp_path / "term")
+    assert (saved["epoch"], saved["finished"]) == (1, False)
+    monkeypatch.setattr(Trainer, "_optimizer_step", orig)
+    stale = tmp_path / "term" / "weights" / ".last.state.pt.abc123.tmp"
+    stale.write_bytes(b"half a file")
+    Trainer(TrainConfig(resume=str(tmp_path / "term"), workers=0)).train()
+    assert not stale.exists()
+    resumed = _final_state(tmp_path / "term")
+    for k, v in straight["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+
+
+def test_hyp_values_as_users_write_them(tmp_path):
+    from yoloforge.config import parse_value
+
+    assert parse_value("1e-3") == 0.001 and parse_value("3") == 3 and parse_value("true") is True
+    with pytest.raises(ValueError, match="cannot read value"):
+        parse_value("[1,")
+    f = tmp_path / "h.yaml"
+    f.write_text("lr0: 1e-3\nmomentum: 0.9\n")
+    assert load_hyp("yolov6", "yolov6n", f)["lr0"] == 0.001
+    f.write_text("lr0: 0.01\nmomentum: [0.9\n")
+    with pytest.raises(ValueError, match=r"h.yaml:\d+: not valid YAML"):
+        load_hyp("yolov6", "yolov6n", f)

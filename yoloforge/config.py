@@ -135,8 +135,31 @@ VARIANT_HYP: dict[str, dict[str, Any]] = {
 
 
 def parse_value(text: str) -> Any:
-    """Parse a command-line value the way YAML would (numbers, booleans, lists)."""
-    return yaml.safe_load(text)
+    """Parse a command-line value the way YAML would (numbers, booleans, lists), with every number form Python
+    reads (YAML 1.1 takes ``1e-3`` for a string); a YAML error is a ValueError naming the text."""
+    t = str(text).strip()
+    for conv in (int, float):
+        try:
+            return conv(t)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(t)
+    except yaml.YAMLError as e:
+        raise ValueError(f"cannot read value {text!r} ({str(e).splitlines()[0]})") from None
+
+
+def _numbers(d: dict) -> dict:
+    """Strings that are numbers (``1e-3`` in a YAML 1.1 file) become numbers."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, str):
+            try:
+                v = float(v) if any(c in v for c in ".eE") else int(v)
+            except ValueError:
+                pass
+        out[k] = v
+    return out
 
 
 def load_hyp(preset: str, model_name: str = "", source: str | Path | dict | None = None,
@@ -154,10 +177,15 @@ def load_hyp(preset: str, model_name: str = "", source: str | Path | dict | None
         p = Path(source)
         if not p.is_file():
             raise FileNotFoundError(f"hyp file not found: {p}")
-        data = yaml.safe_load(p.read_text()) or {}
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            raise ValueError(f"{p}{where}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise ValueError(f"{p}: a hyp file must be a mapping of key: value")
-        hyp.update(data)
+        hyp.update(_numbers(data))
     elif isinstance(source, dict):
         hyp.update(source)
     for k, v in (overrides or {}).items():

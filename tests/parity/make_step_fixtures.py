@@ -129,12 +129,14 @@ WKY = {  # the two yolov5-lineage scripts: yolov7 train.py and ScaledYOLOv4@yolo
                    where=lambda tmp, case: ["--workers", "0", "--project", str(tmp / "runs"), "--name", case,
                                             "--exist-ok"],
                    cases=(("warmup", 0, 300, None, 3), ("mid-warmup", 165, 300, None, 1), ("post", 346, 347, 1.0, 1))),
-    # no post-warm-up case: its lr floor is hard-coded (cosine * 0.8 + 0.2), so lrf cannot be 1 for the
-    # continued run (which the official script starts at lr0 * lf(0)); --rect: its mosaic has no switch
+    # post-warm-up: its lr floor is hard-coded (cosine * 0.8 + 0.2, no lrf), so the continued run (which the
+    # official script starts at lr0 * lf(0)) has 10^7 epochs: lf(345 / 10^7) = 1 - 2e-9, so lr0 on both sides;
+    # --rect: its mosaic has no switch
     "sy4-large": dict(name="yolov4-p5", cfg="models/yolov4-p5.yaml", hyp="data/hyp.scratch.yaml",
                       source="WongKinYiu/ScaledYOLOv4@yolov4-large train.py, data/hyp.scratch.yaml",
                       where=lambda tmp, case: ["--logdir", str(tmp / "runs" / case), "--rect"],
-                      cases=(("warmup", 0, 300, None, 3), ("mid-warmup", 165, 300, None, 1))),
+                      cases=(("warmup", 0, 300, None, 3), ("mid-warmup", 165, 300, None, 1),
+                             ("post", 346, 10 ** 7, None, 1))),
 }
 
 
@@ -282,10 +284,10 @@ def run_yolov6(repo: Path, tmp: Path) -> None:
     engine.ComputeLoss.__call__ = recording_loss
     nb = -(-N_IMAGES // BATCH)
     fixture = dict(model=name, batch=BATCH, imgsz=IMGSZ, source="meituan/YOLOv6@0.2.0 tools/train.py, configs/yolov6n.py")
-    # Only the fresh-run case: continued at epoch 165 or 346 (TAL epochs) the official loss on this batch is
-    # NaN in its SIoU term (recorded losses [nan, nan, 0.0, 1.787]: total, iou, dfl, cls): one positive has
-    # exactly its target's centre, where the official angle cost is 0 / 0 (yoloforge's is 0)
-    for case, start_epoch, epochs, steps in (("warmup", 0, 300, 3),):
+    # a fresh run (ATSS epochs), a run continued in the middle of the warm-up and one past it (TAL epochs); the
+    # initial box centres sit off the anchor points (see step_data.initial_model): on one, the official SIoU
+    # angle cost is 0/0 and the official loss NaN
+    for case, start_epoch, epochs, steps in (("warmup", 0, 300, 3), ("mid-warmup", 165, 300, 1), ("post", 346, 347, 1)):
         args = ["--data-path", str(data_yaml), "--conf-file", str(cfg_path), "--img-size", str(IMGSZ),
                 "--batch-size", str(BATCH), "--epochs", str(epochs), "--workers", "0", "--device", "cpu",
                 "--output-dir", str(tmp / "runs"), "--name", case, "--eval-final-only"]
@@ -298,6 +300,9 @@ def run_yolov6(repo: Path, tmp: Path) -> None:
                 args[3] = str(cfg_path_c)
             ccfg = Config.fromfile(args[3])
             setattr(ccfg, "training_mode", "repvgg")
+            # the saved optimizer of a real run carries the weight decay Trainer.get_optimizer scaled by
+            # batch * accumulate / 64; a resumed run loads it from the checkpoint as it is
+            ccfg.solver.weight_decay *= BATCH * max(1, round(64 / BATCH)) / 64
             opt = build_optimizer(ccfg, official)
             build_lr_scheduler(ccfg, opt, epochs)
             (tmp / "runs" / case / "weights").mkdir(parents=True, exist_ok=True)

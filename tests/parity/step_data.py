@@ -10,7 +10,9 @@ trainer in the test) rebuild them from here, so the fixture holds only the offic
   numbers under torch 2.13 and 2.14), every floating tensor rounded through fp16 (so yolov7's
   ``model.half().float()`` leaves it unchanged); YOLOv6's box-regression biases at 2 (each anchor point
   starts with a box of 2 strides a side, so that TAL finds predictions overlapping the objects: with none
-  the official loss divides 0 by 0).
+  the official loss divides 0 by 0), the right and bottom ones 2^-6 more (each box's centre 2^-7 stride off its
+  anchor point: 1/16, 1/8, 1/4 pixel, never on a gt centre, which are multiples of 1/2 pixel here; on one the
+  official SIoU angle cost is 0/0).
 
 Both sides run in float64 (:func:`float64`): in float32 the two implementations of the same network
 give gradients up to ~3e-3 apart on some tensors (measured on yolov7-tiny: 2.9e-3 in float32, 3.6e-7 in
@@ -95,6 +97,9 @@ def initial_model(name: str):
         for k, t in model.state_dict().items():
             if k.startswith("head.reg_preds.") and k.endswith(".bias"):  # YOLOv6: boxes of 2 strides a side,
                 t.fill_(2.0)  # so that TAL finds predictions overlapping the gts (official: 0/0 otherwise)
+                if t.numel() == 4:  # (l, t, r, b), no DFL: centres 2^-7 stride right/down of the anchor points
+                    t[2:] += 2.0 ** -6  # (the zero-initialized weights put every centre on its anchor point, some
+                    # gt centres sit there too, and the official SIoU angle cost is 0/0 = NaN at equal centres)
         for t in list(model.parameters()) + list(model.buffers()):
             if t.dtype.is_floating_point:
                 t.copy_(t.half().float())

@@ -14,6 +14,8 @@ from __future__ import annotations
 import csv
 import os
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -45,6 +47,18 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM (what schedulers, containers and ``kill`` send) handled as Ctrl-C: the trainer saves a resumable
+    state and stops. Returns the previous handler (None off the main thread, where signals cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def next_run_dir(project: str | Path, name: str, exist_ok: bool) -> Path:
@@ -79,6 +93,9 @@ class Trainer:
         self.given_model = model
         self.resume_epochs = resume_epochs
         self.user_callbacks = list(callbacks or [])
+        from yoloforge.engine.callbacks import CallbackList
+
+        self.callbacks = CallbackList()  # train() adds the default loggers and the user's callbacks
         self._last_step_batch = 0
         self.iteration = 0
 
@@ -125,6 +142,8 @@ class Trainer:
         self.wdir = self.run_dir / "weights"
         if self.main:
             self.wdir.mkdir(parents=True, exist_ok=True)
+            for tmp in self.wdir.glob(".*.tmp"):  # half-written files of a run that was killed while saving
+                tmp.unlink(missing_ok=True)
             (self.run_dir / "args.yaml").write_text(_yaml_dump({"cfg": cfg.to_dict(), "hyp": self.hyp}))
 
         verbose = cfg.verbose and self.main
@@ -295,6 +314,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         metrics = Metrics()
         epoch = self.start_epoch
+        old_term = _sigterm_as_interrupt()
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 self._train_epoch(epoch, nb, n_warmup)
@@ -309,6 +329,8 @@ class Trainer:
                             f"continue with: yoloforge train --resume {self.run_dir}")
             raise
         finally:
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
             ddp.cleanup()
         if self.main:
             return self._finish(epoch, metrics)
