@@ -314,53 +314,119 @@ class CocoSource(NamedTuple):
     ignore: list  # per image (k, 5) iscrowd boxes: not trained on, ignored regions at validation
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
 def load_coco_json(path) -> CocoSource:
-    """COCO detection json -> :class:`CocoSource`.
+    """COCO detection json -> :class:`CocoSource`, every field checked (typed checks in this one place).
 
     Categories are remapped to contiguous ids sorted by their json id; ``iscrowd`` boxes are not trained on
     (they are kept in ``ignore``, regions validation neither rewards nor punishes, as pycocotools does);
-    images without annotations are backgrounds. Image files are looked up next to the json, in its
+    images without annotations are backgrounds. Each image file is looked up next to the json, in its
     parent, in ``images/`` and in ``<split>/`` (``instances_val2017.json`` -> ``val2017/``).
+
+    What makes the file unusable (not json, no ``images`` / ``categories`` list, an image entry without an
+    integer ``id``, a string ``file_name`` or positive integer ``width`` / ``height``, a duplicate image or
+    category id, a ``file_name`` that leaves the dataset root) raises :class:`DataError` naming the json and
+    the entry; a bad annotation (bbox not 4 finite numbers, negative size, unknown image or category id) is
+    dropped and counted with its id.
     """
     path = Path(path)
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
-        cats = sorted(d["categories"], key=lambda c: c["id"])
-        images = d["images"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError) as e:
         raise DataError(f"{path}: not a COCO detection json ({e.__class__.__name__}: {e})") from None
+    if not isinstance(d, dict):
+        raise DataError(f"{path}: not a COCO detection json (top level is a {type(d).__name__}, not an object)")
+    for key in ("images", "categories"):
+        if not isinstance(d.get(key), list):
+            raise DataError(f"{path}: '{key}' must be a list, got {type(d.get(key)).__name__}")
+    anns = d.get("annotations", [])
+    if anns is None or not isinstance(anns, list):
+        raise DataError(f"{path}: 'annotations' must be a list, got {type(anns).__name__}")
+    for k, c in enumerate(d["categories"]):
+        if not isinstance(c, dict) or not _is_int(c.get("id")):
+            raise DataError(f"{path}: categories[{k}] needs an integer 'id', got {c!r:.80}")
+    cats = sorted(d["categories"], key=lambda c: c["id"])
+    if len({c["id"] for c in cats}) != len(cats):
+        raise DataError(f"{path}: duplicate category ids")
     cat2cls = {c["id"]: i for i, c in enumerate(cats)}
     names = [str(c.get("name", c["id"])) for c in cats]
+    root = Path(os.path.abspath(path.parent.parent))
     split = path.stem.split("_")[-1]
     cands = [path.parent, path.parent.parent, path.parent / "images", path.parent.parent / "images",
              path.parent.parent / split, path.parent.parent / "images" / split, path.parent / split]
-    base = path.parent
-    if images:
-        f0 = images[0]["file_name"]
-        base = next((c for c in cands if (c / f0).exists()), path.parent)
-    rows: dict[int, list] = {im["id"]: [] for im in images}
-    crowd: dict[int, list] = {im["id"]: [] for im in images}
+    images, seen = [], set()
+    for k, im in enumerate(d["images"]):
+        where = f"{path}: images[{k}]"
+        if not isinstance(im, dict):
+            raise DataError(f"{where} is not an object")
+        if not _is_int(im.get("id")):
+            raise DataError(f"{where}: 'id' must be an integer, got {im.get('id')!r}")
+        if im["id"] in seen:
+            raise DataError(f"{where}: duplicate image id {im['id']} (boxes of two images would merge)")
+        seen.add(im["id"])
+        fn = im.get("file_name")
+        if not isinstance(fn, str) or not fn.strip():
+            raise DataError(f"{where}: 'file_name' must be a string, got {fn!r}")
+        if Path(fn).is_absolute() or ".." in Path(fn).parts:
+            raise DataError(f"{where}: file_name {fn!r} leaves the dataset (absolute or '..'); give it relative "
+                            "to the image folder")
+        for key in ("width", "height"):
+            if not _is_int(im.get(key)) or im[key] <= 0:
+                raise DataError(f"{where} ({fn}): '{key}' must be a positive integer, got {im.get(key)!r}")
+        base = next((c for c in cands if (c / fn).exists()), path.parent)
+        f = (base / fn)
+        try:
+            Path(os.path.abspath(f)).relative_to(root)  # (symbolic links inside the dataset may point anywhere)
+        except ValueError:
+            raise DataError(f"{where}: file_name {fn!r} resolves outside the dataset root {root}") from None
+        images.append((im, f))
+    rows: dict[int, list] = {im["id"]: [] for im, _ in images}
+    crowd: dict[int, list] = {im["id"]: [] for im, _ in images}
     msgs = []
-    for a in d.get("annotations", []):
-        if a["image_id"] not in rows:
+    unknown_img = 0
+    for k, a in enumerate(anns):
+        aid = a.get("id", k) if isinstance(a, dict) else k
+        where = f"{path}: annotation {aid}"
+        if not isinstance(a, dict):
+            msgs.append(("malformed", f"{where}: not an object, dropped"))
             continue
-        x, y, bw, bh = a["bbox"]
-        if a["category_id"] not in cat2cls:
-            msgs.append(("class_range", f"{path}: annotation {a.get('id')} has unknown category {a['category_id']}"))
+        if a.get("image_id") not in rows:
+            unknown_img += 1
+            continue
+        b = a.get("bbox")
+        if not isinstance(b, list) or len(b) != 4 or not all(_is_num(v) for v in b):
+            msgs.append(("malformed", f"{where}: bbox must be 4 numbers [x, y, w, h], got {b!r:.60}; dropped"))
+            continue
+        x, y, bw, bh = b
+        if bw < 0 or bh < 0:
+            msgs.append(("malformed", f"{where}: bbox has a negative size {b}; dropped"))
+            continue
+        if a.get("category_id") not in cat2cls:
+            msgs.append(("class_range", f"{where} has unknown category {a.get('category_id')!r}"))
             continue
         (crowd if a.get("iscrowd", 0) else rows)[a["image_id"]].append((cat2cls[a["category_id"]], x, y, x + bw, y + bh))
+    if unknown_img:
+        msgs.append(("unknown_image", f"{path}: {unknown_img} annotation(s) name an image_id that is not in "
+                                      "'images'; dropped"))
     files, labels, shapes, ids, ignore = [], [], [], [], []
-    for im in images:
+    for im, f in images:
         ids.append(int(im["id"]))
         ignore.append(np.array(crowd[im["id"]], np.float32).reshape(-1, 5))
-        h, w = int(im["height"]), int(im["width"])
+        h, w = im["height"], im["width"]
         lab = np.array(rows[im["id"]], np.float32).reshape(-1, 5)
         lab[:, [1, 3]] = lab[:, [1, 3]].clip(0, w)
         lab[:, [2, 4]] = lab[:, [2, 4]].clip(0, h)
         ok = ((lab[:, 3] - lab[:, 1]) > 1e-3) & ((lab[:, 4] - lab[:, 2]) > 1e-3)
         if (~ok).any():
             msgs.append(("zero_area", f"{path}: image {im['file_name']}: {(~ok).sum()} zero-area box(es) dropped"))
-        files.append(base / im["file_name"])
+        files.append(f)
         labels.append(lab[ok])
         shapes.append((h, w))
     return CocoSource(files, labels, np.array(shapes, np.int64).reshape(-1, 2), names, msgs, ids,
@@ -540,6 +606,17 @@ def scan_dataset(source, nc: int, cache: bool = True, cache_dir=None, verbose: b
             if not f.is_file():
                 rep.add("skipped", f"{f}: image listed in {j} not found, skipped")
                 continue
+            hw, warn = image_size(f)
+            if hw is None:
+                rep.add("skipped", f"{f} (listed in {j}): {warn}, skipped")
+                continue
+            if tuple(hw) != tuple(int(v) for v in s):
+                rep.add("warning", f"{j}: image {f.name} is {hw[1]}x{hw[0]} but the json says {s[1]}x{s[0]}; "
+                                   "the image's size is used")
+                for a in (l, ig):
+                    a[:, [1, 3]] = a[:, [1, 3]].clip(0, hw[1])
+                    a[:, [2, 4]] = a[:, [2, 4]].clip(0, hw[0])
+                s = hw
             files.append(f), labels.append(l), shapes.append(tuple(s)), json_ids.append(i), ignore.append(ig)
 
     def one_voc(i):
