@@ -59,23 +59,42 @@ def load_data_yaml(path) -> DataConfig:
     if not path.is_file():
         raise DataError(f"data yaml not found: {path}")
     try:
-        d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_bytes()
+        if b"\x00" in text:
+            raise DataError(f"{path}: not a text file (NUL bytes; a binary or UTF-16 file?); save it as UTF-8 YAML")
+        d = yaml.safe_load(text.decode("utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8 YAML") from None
     except yaml.YAMLError as e:
-        raise DataError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise DataError(f"{path}{where}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(d, dict):
         raise DataError(f"{path}: expected a mapping with train/val/names keys")
-    root = Path(d.get("path") or ".").expanduser()
+    p = d.get("path")
+    if p is not None and not isinstance(p, str):
+        raise DataError(f"{path}: 'path' must be a folder name (a string), got {p!r}")
+    root = Path(p or ".").expanduser()
     if not root.is_absolute():
         root = (path.parent / root).resolve()
     if not root.is_dir():
         raise DataError(f"{path}: dataset root 'path: {d.get('path')}' is not a directory ({root})")
+    nc = d.get("nc")
+    if nc is not None and (not isinstance(nc, int) or isinstance(nc, bool) or nc < 1):
+        raise DataError(f"{path}: 'nc' must be a positive integer (the number of classes), got {nc!r}")
+    if nc is not None and nc > 100_000 and d.get("names") is None:
+        raise DataError(f"{path}: nc={nc} without names; give the names (more than 100000 classes is not a detector)")
 
     def sources(key):
         v = d.get(key)
         if v in (None, "", []):
             return None
+        if not isinstance(v, (str, list, tuple)) or (isinstance(v, (list, tuple)) and not all(isinstance(x, str) for x in v)):
+            raise DataError(f"{path}: '{key}' must be a path or a list of paths, got {v!r:.80}")
         out = []
         for s in (v if isinstance(v, (list, tuple)) else [v]):
+            if "\x00" in s:
+                raise DataError(f"{path}: '{key}' source {s!r} contains a NUL character")
             p = Path(str(s)).expanduser()
             p = p if p.is_absolute() else root / p
             if key != "test" and not _is_glob(str(p)) and not p.exists():  # test: checked when used
@@ -100,12 +119,13 @@ def load_data_yaml(path) -> DataConfig:
             raise DataError(f"{path}: no 'names' (and no 'nc')")
     if not isinstance(names, (list, tuple)):
         raise DataError(f"{path}: names must be a list or an {{id: name}} mapping")
+    if not names:
+        raise DataError(f"{path}: 'names' is empty; list the class names")
     names = [str(n).strip() if n is not None else "" for n in names]
     for i, n in enumerate(names):
         if not n:
             raise DataError(f"{path}: names[{i}] is empty (an empty line in names?)")
-    nc = d.get("nc")
-    if nc is not None and int(nc) != len(names):
+    if nc is not None and nc != len(names):
         raise DataError(f"{path}: nc={nc} but {len(names)} names are given")
     return DataConfig(root=root, train=train, val=val, test=test, names=names, nc=len(names), path=path)
 
