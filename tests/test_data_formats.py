@@ -235,3 +235,30 @@ def test_scan_coco128(tmp_path):
         assert tuple(r.shapes[i]) == cv2.imread(str(r.img_files[i])).shape[:2]
         lab = r.labels[i]
         assert (lab[:, 0] < 80).all() and (lab[:, [1, 3]] <= r.shapes[i][1]).all()
+
+
+def test_label_paths_that_are_not_files(tmp_path):
+    """A named pipe would hang a read; a directory or a dangling link was silently a background; a BOM cost row 1."""
+    import os
+
+    for d in ("images", "labels"):
+        (tmp_path / d).mkdir()
+    for k in range(4):
+        write_img(tmp_path / "images" / str(k), 32, 32, ".png")
+    os.mkfifo(tmp_path / "labels" / "0.txt")
+    (tmp_path / "labels" / "1.txt").mkdir()
+    os.symlink(tmp_path / "nowhere.txt", tmp_path / "labels" / "2.txt")
+    (tmp_path / "labels" / "3.txt").write_bytes("\ufeff0 0.5 0.5 0.2 0.2\n".encode("utf-8"))
+    r = F.scan_dataset(tmp_path / "images", 1, cache=False, verbose=False)
+    text = "\n".join(r.report.messages)
+    assert "0.txt: the label path is not a regular file" in text
+    assert "1.txt: the label path is a directory" in text
+    assert "2.txt: a symbolic link to a missing file" in text
+    assert r.report.boxes == 1 and r.report.dropped.get("unreadable_label") == 3
+
+
+def test_no_boxes_at_all_is_said(tmp_path):
+    (tmp_path / "images").mkdir()
+    write_img(tmp_path / "images" / "a", 32, 32, ".png")
+    r = F.scan_dataset(tmp_path / "images", 1, cache=False, verbose=False)
+    assert "no boxes at all" in r.report.summary()

@@ -257,12 +257,25 @@ def read_yolo_labels(txt, nc: int, w: int, h: int):
     ``out_of_bounds``, ``zero_area``, ``duplicate`` drop the row, ``clipped`` keeps it. Polygon rows
     (cls x1 y1 x2 y2 x3 y3 ...) become their bounding box. A missing/empty file = background.
     """
+    import stat
+
     txt = Path(txt)
     issues, rows, lines = [], [], []
+    text = ""
     try:
-        text = txt.read_text(encoding="utf-8", errors="replace")
-    except (FileNotFoundError, IsADirectoryError):
-        text = ""
+        st = txt.stat()  # follows links: a dangling one is FileNotFoundError below, distinguished by lstat
+        if not stat.S_ISREG(st.st_mode):  # a directory, a named pipe (reading it would hang), a device
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a pipe or a device?)"
+            issues.append(("unreadable_label", f"{txt}: the label path is {kind}; the image counts as a background"))
+        else:
+            text = txt.read_text(encoding="utf-8-sig", errors="replace")  # -sig: a UTF-8 BOM is not part of row 1
+    except FileNotFoundError:
+        if txt.is_symlink():
+            issues.append(("unreadable_label", f"{txt}: a symbolic link to a missing file; the image counts as a "
+                                               "background"))
+    except OSError as e:
+        issues.append(("unreadable_label", f"{txt}: cannot be read ({e.__class__.__name__}: {e}); the image counts "
+                                           "as a background"))
     for ln, line in enumerate(text.splitlines(), 1):
         parts = line.split()
         if not parts:
@@ -480,6 +493,9 @@ class DataReport:
         s = (f"{self.source}: {self.images} images, {self.backgrounds} backgrounds, {self.boxes} boxes, "
              f"{self.skipped_images} images skipped, {self.clipped} boxes clipped, rows dropped: {drops}")
         lines = [s] + [f"  WARNING {m}" for m in self.messages[:max_messages]]
+        if self.images and not self.boxes:
+            lines.insert(1, "  WARNING no boxes at all: every image is a background (are the labels in a labels/ folder "
+                            "beside images/, with the same file names?)")
         if len(self.messages) > max_messages:
             lines.append(f"  ... and {len(self.messages) - max_messages} more messages")
         return "\n".join(lines)

@@ -135,7 +135,11 @@ def evaluate(model, loader, names: list[str], *, conf: float = 0.001, iou: float
         for g, i in zip(gts, ids):
             g["image_id"] = i
         r = coco_map(gts, dts, names)
-        m.map, m.map50, m.map75 = float(r["map"]), float(r["map50"]), float(r["map75"])
+        m.map, m.map50, m.map75 = (float(np.nan_to_num(r[k])) for k in ("map", "map50", "map75"))
+        if not m.instances:
+            from yoloforge.utils.logging import get_logger
+
+            get_logger().warning(f"{desc}: the split has no ground-truth boxes, so mAP is undefined (reported as 0)")
         counts = np.bincount(np.concatenate(gt_cls).astype(int), minlength=nc) if m.instances else np.zeros(nc, int)
         m.per_class = {names[c]: (float(np.nan_to_num(r["per_class_ap"][c])), float(np.nan_to_num(r["per_class_ap50"][c])),
                                   int(counts[c])) for c in range(nc)}
