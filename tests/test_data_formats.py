@@ -262,3 +262,26 @@ def test_no_boxes_at_all_is_said(tmp_path):
     write_img(tmp_path / "images" / "a", 32, 32, ".png")
     r = F.scan_dataset(tmp_path / "images", 1, cache=False, verbose=False)
     assert "no boxes at all" in r.report.summary()
+
+
+def test_scan_decodes_images(tmp_path):
+    """Truncated after the header, a bomb's header: named, counted skips; a JPEG segment of length 0 (it aborted
+    the whole scan) is read the way the decoder reads it."""
+    import zlib
+
+    (tmp_path / "images").mkdir()
+    good = write_img(tmp_path / "images" / "good", 40, 40, ".png")
+    data = good.read_bytes()
+    (tmp_path / "images" / "trunc.png").write_bytes(data[:60])
+    bmp = cv2.imencode(".bmp", np.full((40, 40, 3), 7, np.uint8))[1].tobytes()
+    (tmp_path / "images" / "trunc.bmp").write_bytes(bmp[:200])
+    ihdr = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    (tmp_path / "images" / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk + data[33:])
+    jpg = cv2.imencode(".jpg", np.full((40, 40, 3), 7, np.uint8))[1].tobytes()
+    (tmp_path / "images" / "seg0.jpg").write_bytes(jpg[:2] + b"\xff\xe0\x00\x00" + jpg[2:])
+    r = F.scan_dataset(tmp_path / "images", 1, cache=False, verbose=False)
+    text = "\n".join(r.report.messages)
+    assert r.report.images == 2 and r.report.skipped_images == 3, text  # good.png and seg0.jpg (it decodes)
+    assert "trunc.png" in text and "trunc.bmp" in text
+    assert "bomb.png: image is 100000x100000 pixels, over the" in text

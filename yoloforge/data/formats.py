@@ -199,7 +199,10 @@ def _jpeg_size(f) -> tuple[int, int] | None:
             continue
         if m in (0xD9, 0xDA):
             return None
-        seg = f.read(struct.unpack(">H", f.read(2))[0] - 2)
+        n = struct.unpack(">H", f.read(2))[0]
+        if n < 2:  # a segment length below its own 2 bytes: a corrupt file (decoding will say)
+            return None
+        seg = f.read(n - 2)
         if m == 0xE1 and seg[:6] == b"Exif\0\0":
             try:
                 orient = _exif_orientation(seg[6:])
@@ -231,25 +234,39 @@ def header_size(f) -> tuple[tuple[int, int] | None, str | None]:
     return (hw if hw and min(hw) > 0 else None), warn
 
 
-def image_size(path) -> tuple[tuple[int, int] | None, str | None]:
+MAX_PIXELS = 1 << 28  # 268 M pixels (16384 x 16384): larger images are refused before they are decoded
+
+
+def image_size(path, decode: bool = False) -> tuple[tuple[int, int] | None, str | None]:
     """(h, w) read from the header (JPEG incl. EXIF rotation, PNG, BMP), else by decoding.
 
-    Returns ``(None, reason)`` for an unreadable image and ``((h, w), warning|None)`` otherwise.
+    Returns ``(None, reason)`` for an unreadable image and ``((h, w), warning|None)`` otherwise. ``decode``
+    (the dataset scan): also decode the whole image, so a file truncated after its header is found here and
+    not in the middle of training; images above :data:`MAX_PIXELS` are refused before decoding.
     """
+    hw, warn = None, None
     try:
         with open(path, "rb") as f:
             hw, warn = header_size(f)
-        if hw:
-            return hw, warn
-    except (OSError, struct.error, TypeError) as e:
-        return None, f"unreadable image ({e.__class__.__name__})"
-    im = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    except OSError as e:
+        return None, f"unreadable image ({e.__class__.__name__}: {e})"
+    except Exception:  # noqa: BLE001 - a header this parser does not understand: decoding decides
+        hw = None
+    if hw and hw[0] * hw[1] > MAX_PIXELS:
+        return None, f"image is {hw[1]}x{hw[0]} pixels, over the {MAX_PIXELS} pixel limit"
+    if hw and not decode:
+        return hw, warn
+    try:
+        im = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    except cv2.error as e:
+        return None, f"image does not decode ({str(e).strip().splitlines()[-1][:80]})"
     if im is None:
-        return None, "corrupt or unsupported image"
+        return None, "corrupt, truncated or unsupported image (it does not decode)"
+    if hw and tuple(im.shape[:2]) != tuple(hw):
+        warn = (warn + "; " if warn else "") + f"header says {hw[1]}x{hw[0]}, decoded {im.shape[1]}x{im.shape[0]}"
     return im.shape[:2], warn
 
 
-# --------------------------------------------------------------------------------------------------- labels
 def read_yolo_labels(txt, nc: int, w: int, h: int):
     """Parse a YOLO txt label file -> (labels float32 (n, 5) [cls, x1, y1, x2, y2] pixels, issues).
 
@@ -642,7 +659,7 @@ def scan_dataset(source, nc: int, cache: bool = True, cache_dir=None, verbose: b
             if not f.is_file():
                 rep.add("skipped", f"{f}: image listed in {j} not found, skipped")
                 continue
-            hw, warn = image_size(f)
+            hw, warn = image_size(f, decode=True)
             if hw is None:
                 rep.add("skipped", f"{f} (listed in {j}): {warn}, skipped")
                 continue
@@ -657,7 +674,7 @@ def scan_dataset(source, nc: int, cache: bool = True, cache_dir=None, verbose: b
 
     def one_voc(i):
         f = voc_files[i]
-        hw, warn = image_size(f)
+        hw, warn = image_size(f, decode=True)
         if hw is None:
             return None, None, None, [("skipped", f"{f}: {warn}, skipped")]
         lab, hard, xml_hw, issues = read_voc_xml(xml_files[i], names)
@@ -679,7 +696,7 @@ def scan_dataset(source, nc: int, cache: bool = True, cache_dir=None, verbose: b
                 ignore.append(hard)
 
     def one(i):
-        hw, warn = image_size(img_files[i])
+        hw, warn = image_size(img_files[i], decode=True)
         if hw is None:
             return None, None, [("skipped", f"{img_files[i]}: {warn}, skipped")]
         lab, issues = read_yolo_labels(label_files[i], nc, hw[1], hw[0])
