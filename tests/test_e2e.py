@@ -103,6 +103,16 @@ def test_api_predict_glob_and_video(tiny_data, tmp_path):
     frames = [r.frame for r in gen]
     assert frames == [0, 1, 2]
 
+    # a folder with a corrupt video and a corrupt image: both skipped, the rest predicted
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a.avi").write_bytes(vid.read_bytes())
+    (folder / "b.mp4").write_bytes(b"not a video at all" * 100)
+    (folder / "c.jpg").write_bytes(b"not an image")
+    cv2.imwrite(str(folder / "d.png"), img)
+    got = [(Path(r.path).name, r.frame) for r in d.predict(str(folder), stream=True, imgsz=96)]
+    assert got == [("a.avi", 0), ("a.avi", 1), ("a.avi", 2), ("d.png", None)]
+
 
 def test_detector_untrained_fuse_keeps_outputs():
     import torch

@@ -79,7 +79,12 @@ def iter_source(source) -> Iterator[tuple[str, np.ndarray, int | None]]:
         return
     if isinstance(source, (list, tuple)):
         for s in source:
-            yield from iter_source(s)
+            try:
+                yield from iter_source(s)
+            except OSError as e:  # one video that cannot be opened: skipped like an unreadable image
+                if len(source) == 1:
+                    raise
+                LOG.warning(f"{e}, skipped")
         return
     s = str(source)
     p = Path(s)
@@ -98,7 +103,7 @@ def iter_source(source) -> Iterator[tuple[str, np.ndarray, int | None]]:
     elif p.suffix.lower() in VID_EXT:
         cap = cv2.VideoCapture(s)
         if not cap.isOpened():
-            raise OSError(f"{p}: cannot open video")
+            raise OSError(f"{p}: cannot open video (corrupt, or a codec this OpenCV build lacks)")
         i = 0
         try:
             while True:
