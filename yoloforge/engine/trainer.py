@@ -251,9 +251,10 @@ class Trainer:
         elif p.suffix == ".safetensors":
             p = p.with_name(p.name.replace(".safetensors", ".state.pt"))
         state = ckpt.load_state(p)
-        if "optimizer" not in state or "model" not in state:
+        if isinstance(state, dict) and ("optimizer" not in state or "model" not in state):
             raise TrainingError(f"{p}: has no optimizer state, so training cannot be resumed; "
                                 f"fine-tune from it instead with --weights")
+        ckpt.require_keys(state, p, ("ema", "ema_updates", "epoch", "batch", "best_fitness", "cfg", "rng"))
         if state.get("finished") and (self.resume_epochs or 0) <= int(state["epoch"]):
             raise TrainingError(f"{p}: this run already finished its {state['epoch']} epochs; "
                                 f"pass a larger --epochs to continue it, or fine-tune with --weights")
