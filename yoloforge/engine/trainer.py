@@ -98,6 +98,8 @@ class Trainer:
         self.callbacks = CallbackList()  # train() adds the default loggers and the user's callbacks
         self._last_step_batch = 0
         self.iteration = 0
+        self.rows: list[dict] = []  # results.csv, kept in the resume state too (a kill never loses a row)
+        self._loss_at_step = None  # (sum of batch losses, batches) of this epoch up to the last optimizer step
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -140,6 +142,7 @@ class Trainer:
             self.run_dir = next_run_dir(cfg.project, cfg.name, cfg.exist_ok) if self.main else Path(cfg.project) / cfg.name
             self.run_dir = ddp.broadcast_object(self.run_dir)
         self.wdir = self.run_dir / "weights"
+        self.csv_path = self.run_dir / "results.csv"
         if self.main:
             self.wdir.mkdir(parents=True, exist_ok=True)
             for tmp in self.wdir.glob(".*.tmp"):  # half-written files of a run that was killed while saving
@@ -269,6 +272,14 @@ class Trainer:
         self.start_epoch, self.start_batch = int(s["epoch"]), int(s["batch"])
         self.best_fitness, self.bad_epochs = float(s["best_fitness"]), int(s.get("bad_epochs", 0))
         self.last_step_it = int(s.get("last_step_it", -1))
+        self.rows = [dict(r) for r in s.get("rows", [])]
+        if "rows" not in s and self.csv_path.is_file():  # a state from before rows were kept in it
+            with open(self.csv_path, newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= self.start_epoch]
+        if s.get("loss_sum") is not None and self.start_batch:
+            self._loss_at_step = (torch.as_tensor(s["loss_sum"]).float(), int(s.get("loss_n", 0)))
+        if self.main and self.rows:
+            self._write_csv()  # rebuilt from the state: a row a kill kept from results.csv comes back
         if self.rank == 0 and "rng" in s:
             _set_rng_state(s["rng"])
         if self.main:
@@ -282,7 +293,9 @@ class Trainer:
         state = {"model": unwrap(self.model).state_dict(), "ema": self.ema.ema.state_dict(),
                  "ema_updates": self.ema.updates, "optimizer": self.optimizer.state_dict(), "epoch": epoch,
                  "batch": batch, "best_fitness": self.best_fitness, "bad_epochs": self.bad_epochs,
-                 "last_step_it": self.last_step_it,
+                 "last_step_it": self.last_step_it, "rows": [dict(r) for r in self.rows],
+                 "loss_sum": self._loss_at_step[0] if (batch and self._loss_at_step) else None,
+                 "loss_n": self._loss_at_step[1] if (batch and self._loss_at_step) else 0,
                  "cfg": self.cfg.to_dict(), "rng": _rng_state(), "finished": finished}
         ckpt.save_state(self.wdir / "last.state.pt", state)
         ckpt.save_weights(self.wdir / "last.safetensors", self.ema.ema, self._meta(epoch))
@@ -354,7 +367,10 @@ class Trainer:
         if rule != "epoch":  # the official loops zero the gradients at every epoch start (leftovers are dropped)
             self.optimizer.zero_grad(set_to_none=True)
         self._snapshot_step_buffers()
-        mloss = None
+        carry = self._loss_at_step if (epoch == self.start_epoch and start and self._loss_at_step) else None
+        loss_sum, loss_n = (carry[0].clone(), carry[1]) if carry else (None, 0)  # the batches before a resume count
+        self._loss_at_step = (loss_sum.clone(), loss_n) if loss_sum is not None else None
+        mloss = loss_sum / loss_n if loss_n else None
         pbar = tqdm(enumerate(self.train_loader), total=nb, disable=not (self.main and cfg.verbose),
                     desc=f"epoch {epoch + 1}/{cfg.epochs}", dynamic_ncols=True, leave=False)
         t0 = time.time()
@@ -377,7 +393,11 @@ class Trainer:
                 self._optimizer_step()
                 self._last_step_batch = i + 1
                 self.last_step_it = it
-            mloss = items if mloss is None else (mloss * (i - start) + items) / (i - start + 1)
+            loss_sum = items.detach().float().cpu().clone() if loss_sum is None else loss_sum + items.detach().float().cpu()
+            loss_n += 1
+            mloss = loss_sum / loss_n
+            if self._last_step_batch == i + 1:
+                self._loss_at_step = (loss_sum.clone(), loss_n)
             self.iteration = it + 1
             if self.main:
                 pbar.set_postfix({n: f"{v:.3f}" for n, v in zip(self.loss_fn.names, mloss.tolist())})
@@ -453,10 +473,12 @@ class Trainer:
             if improved:
                 self.best_fitness = max(metrics.fitness, self.best_fitness)
                 ckpt.save_weights(self.wdir / "best.safetensors", self.ema.ema, self._meta(epoch, metrics))
-            self._save_state(epoch + 1, 0, finished=final)
+            row = self._epoch_row(epoch, metrics)
+            self.rows = [r for r in self.rows if int(r["epoch"]) != epoch + 1] + [row]
+            self._save_state(epoch + 1, 0, finished=final)  # the state holds the row before results.csv does
             if cfg.save_period and (epoch + 1) % cfg.save_period == 0:
                 ckpt.save_weights(self.wdir / f"epoch{epoch + 1}.safetensors", self.ema.ema, self._meta(epoch, metrics))
-            self._log_epoch(epoch, metrics)
+            self._log_epoch(epoch, metrics, row)
         ddp.barrier()
         return metrics
 
@@ -467,23 +489,31 @@ class Trainer:
             LOG.info(f"early stop: no improvement for {self.cfg.patience} epochs (epoch {epoch + 1})")
         return stop
 
-    def _log_epoch(self, epoch: int, m: Metrics) -> None:
+    def _epoch_row(self, epoch: int, m: Metrics) -> dict:
         names = [f"train/{n}_loss" for n in self.loss_fn.names]
         validated = m.images > 0
 
         def val(v):  # epochs without validation (--val-interval) leave the metric columns empty
             return round(v, 5) if validated else ""
 
-        row = {"epoch": epoch + 1, **{n: round(float(v), 5) for n, v in zip(names, self.epoch_loss.tolist())},
-               "metrics/precision": val(m.precision), "metrics/recall": val(m.recall),
-               "metrics/mAP50": val(m.map50), "metrics/mAP50-95": val(m.map),
-               "lr": round(self.optimizer.param_groups[0]["lr"], 7), "time_s": round(self.epoch_time, 1)}
-        new = not self.csv_path.exists()
-        with open(self.csv_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        return {"epoch": epoch + 1, **{n: round(float(v), 5) for n, v in zip(names, self.epoch_loss.tolist())},
+                "metrics/precision": val(m.precision), "metrics/recall": val(m.recall),
+                "metrics/mAP50": val(m.map50), "metrics/mAP50-95": val(m.map),
+                "lr": round(self.optimizer.param_groups[0]["lr"], 7), "time_s": round(self.epoch_time, 1)}
+
+    def _write_csv(self) -> None:
+        """results.csv from ``self.rows``, written whole and atomically."""
+        import io
+
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(self.rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(self.rows)
+        ckpt.atomic_write_text(self.csv_path, buf.getvalue())
+
+    def _log_epoch(self, epoch: int, m: Metrics, row: dict) -> None:
+        validated = m.images > 0
+        self._write_csv()
         self.callbacks("on_epoch_end", self, epoch, row, m)
         if self.cfg.verbose:
             loss = " ".join(f"{n}={v:.3f}" for n, v in zip(self.loss_fn.names, self.epoch_loss.tolist()))
