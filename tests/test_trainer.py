@@ -94,6 +94,24 @@ def test_nonfinite_loss_stops_with_message(tiny_data, tmp_path):
     assert meta["model"] == "yolov6n"
 
 
+@pytest.mark.parametrize("model", ["yolov7-tiny", "yolov6n"])
+def test_nonfinite_stop_never_keeps_nonfinite_weights(tiny_data, tmp_path, model):
+    """At a huge lr the weights (yolov7-tiny: BN running variances) go inf/NaN before or with the loss: what is
+    kept is the last state whose every tensor was finite, and the message says where it is from."""
+    cfg = _cfg(tiny_data, tmp_path, "huge", model=model, epochs=3,
+               hyp_override={"lr0": 1e9, "warmup_epochs": 0.0, "grad_clip": 0.0})
+    with pytest.raises(TrainingError, match="non-finite") as e:
+        Trainer(cfg).train()
+    w = tmp_path / "huge" / "weights" / "last.safetensors"
+    msg = str(e.value)
+    if w.exists():
+        state, _ = read_weights(w)
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+        assert "from epoch" in msg or "from the end of epoch" in msg
+    else:
+        assert "No finite weights were saved" in msg
+
+
 def test_finetune_other_nc_reinitializes_class_outputs(tiny_data, tmp_path):
     from yoloforge.models.registry import build_model
     from yoloforge.utils.checkpoint import save_weights

@@ -98,6 +98,7 @@ class Trainer:
         self.callbacks = CallbackList()  # train() adds the default loggers and the user's callbacks
         self._last_step_batch = 0
         self.iteration = 0
+        self._saved_at = None  # where the newest state written is from ("epoch 3, batch 5")
         self.rows: list[dict] = []  # results.csv, kept in the resume state too (a kill never loses a row)
         self._loss_at_step = None  # (sum of batch losses, batches) of this epoch up to the last optimizer step
 
@@ -290,6 +291,11 @@ class Trainer:
         """Write last.safetensors (EMA weights) and last.state.pt at an optimizer-step boundary."""
         if not self.main:
             return
+        if not self._weights_finite():  # never overwrite the last good state with inf/NaN weights
+            raise TrainingError(f"the weights became non-finite at epoch {epoch + 1} (the loss still finite): "
+                                + (f"the last finite weights are kept in {self.wdir / 'last.safetensors'}, from "
+                                   f"{self._saved_at}" if self._saved_at else "No finite weights were saved in this run")
+                                + "; the learning rate is probably too high (try --hyp-override lr0=...)")
         state = {"model": unwrap(self.model).state_dict(), "ema": self.ema.ema.state_dict(),
                  "ema_updates": self.ema.updates, "optimizer": self.optimizer.state_dict(), "epoch": epoch,
                  "batch": batch, "best_fitness": self.best_fitness, "bad_epochs": self.bad_epochs,
@@ -299,6 +305,7 @@ class Trainer:
                  "cfg": self.cfg.to_dict(), "rng": _rng_state(), "finished": finished}
         ckpt.save_state(self.wdir / "last.state.pt", state)
         ckpt.save_weights(self.wdir / "last.safetensors", self.ema.ema, self._meta(epoch))
+        self._saved_at = f"epoch {epoch + 1}, batch {batch}" if batch else f"the end of epoch {epoch}"
 
     def _meta(self, epoch: int, metrics: Metrics | None = None) -> dict:
         m = unwrap(self.model)
@@ -448,14 +455,23 @@ class Trainer:
                 for b, v in zip(unwrap(self.model).buffers(), saved):
                     b.copy_(v)
 
+    def _weights_finite(self) -> bool:
+        sds = [unwrap(self.model).state_dict()] + ([self.ema.ema.state_dict()] if self.ema is not None else [])
+        return all(bool(torch.isfinite(t).all()) for sd in sds for t in sd.values() if t.is_floating_point())
+
     def _abort_nonfinite(self, epoch: int, i: int, items: torch.Tensor) -> None:
         detail = ", ".join(f"{n}={v:.4g}" for n, v in zip(self.loss_fn.names, items.tolist()))
-        msg = (f"non-finite loss at epoch {epoch + 1}, batch {i} ({detail}). The weights from the last good step are "
-               f"in {self.wdir / 'last.safetensors'}. Usual causes: learning rate too high for this batch size "
-               f"(try --hyp-override lr0=...), AMP on a GPU without fp16 support (--no-amp), or broken labels.")
+        kept = None
         if self.main and self.ema is not None:
             self._restore_step_buffers()
-            self._save_state(epoch, self._last_step_batch)
+            if self._weights_finite():
+                self._save_state(epoch, self._last_step_batch)
+            kept = self._saved_at  # the newest state whose weights (BN statistics included) were all finite
+        where = (f"The last finite weights (BN statistics included) are in {self.wdir / 'last.safetensors'}, from "
+                 f"{kept}" if kept else "No finite weights were saved in this run")
+        msg = (f"non-finite loss at epoch {epoch + 1}, batch {i} ({detail}). {where}. Usual causes: learning rate too "
+               f"high for this batch size (try --hyp-override lr0=...), AMP on a GPU without fp16 support (--no-amp), "
+               f"or broken labels.")
         raise TrainingError(msg)
 
     def _end_epoch(self, epoch: int) -> Metrics:
