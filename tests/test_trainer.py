@@ -190,3 +190,14 @@ def test_hyp_values_as_users_write_them(tmp_path):
     f.write_text("lr0: 0.01\nmomentum: [0.9\n")
     with pytest.raises(ValueError, match=r"h.yaml:\d+: not valid YAML"):
         load_hyp("yolov6", "yolov6n", f)
+
+
+def test_resume_from_another_directory_with_relative_data(tiny_data, tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.chdir(tiny_data.parent)
+    rel = os.path.relpath(tiny_data)
+    Trainer(_cfg(rel, tmp_path, "rel", epochs=1)).train()
+    monkeypatch.chdir(tmp_path)
+    Trainer(TrainConfig(resume=str(tmp_path / "rel"), workers=0), resume_epochs=2).train()
+    assert _final_state(tmp_path / "rel")["epoch"] == 2

@@ -112,7 +112,14 @@ class Trainer:
             # resuming keeps the run's config; only the epoch count may be extended
             saved.epochs = max(saved.epochs, self.resume_epochs or 0)
             saved.resume, saved.workers, saved.device = cfg.resume, cfg.workers, cfg.device
+            if cfg.data:  # the same data moved elsewhere (or a run started with a relative path)
+                saved.data = cfg.data
+            elif saved.data and not Path(saved.data).exists():
+                raise TrainingError(f"--resume {cfg.resume}: its data yaml {saved.data} is not found from here "
+                                    f"({Path.cwd()}); pass --data with the path to it")
             self.cfg = cfg = saved
+        if cfg.data and Path(cfg.data).exists():
+            cfg.data = str(Path(cfg.data).resolve())  # the state keeps an absolute path: resume works from anywhere
         self.device = ddp.setup(cfg.device)
         self.rank, self.world = ddp.rank(), ddp.world_size()
         self.main = self.rank == 0
