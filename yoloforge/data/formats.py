@@ -442,12 +442,12 @@ def load_coco_json(path) -> CocoSource:
     msgs = []
     unknown_img = 0
     for k, a in enumerate(anns):
-        aid = a.get("id", k) if isinstance(a, dict) else k
+        aid = a.get("id", k) if isinstance(a, dict) and _is_int(a.get("id", k)) else k
         where = f"{path}: annotation {aid}"
         if not isinstance(a, dict):
             msgs.append(("malformed", f"{where}: not an object, dropped"))
             continue
-        if a.get("image_id") not in rows:
+        if not _is_int(a.get("image_id")) or a["image_id"] not in rows:
             unknown_img += 1
             continue
         b = a.get("bbox")
@@ -458,8 +458,8 @@ def load_coco_json(path) -> CocoSource:
         if bw < 0 or bh < 0:
             msgs.append(("malformed", f"{where}: bbox has a negative size {b}; dropped"))
             continue
-        if a.get("category_id") not in cat2cls:
-            msgs.append(("class_range", f"{where} has unknown category {a.get('category_id')!r}"))
+        if not _is_int(a.get("category_id")) or a["category_id"] not in cat2cls:
+            msgs.append(("class_range", f"{where} has unknown category {a.get('category_id')!r:.40}"))
             continue
         (crowd if a.get("iscrowd", 0) else rows)[a["image_id"]].append((cat2cls[a["category_id"]], x, y, x + bw, y + bh))
     if unknown_img:
