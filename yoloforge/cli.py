@@ -291,16 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nc", type=int, default=80, help="number of classes")
     p.add_argument("--list", action="store_true", help="list registered models")
 
-    from yoloforge import bench, hub, scaling, serve
-    from yoloforge.convert import add_parser as add_convert
-    from yoloforge.data import tools as data_tools
+    import importlib
 
-    data_tools.add_parser(sub)
-    hub.add_parser(sub)
-    serve.add_parser(sub)
-    scaling.add_parser(sub)
-    add_convert(sub)
-    bench.add_parser(sub)
+    for module in MODULE_VERBS.values():
+        importlib.import_module(module).add_parser(sub)
 
     p = sub.add_parser("demo", help="train yolov6n on generated shapes, validate, predict")
     p.add_argument("--project", default="runs/demo", help="where the data, run, val and predictions go")
@@ -324,45 +318,22 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _scale(a) -> int:
-    from yoloforge import scaling
-
-    return scaling.run(a)
-
-
-def _benchmark(a) -> int:
-    from yoloforge import bench
-
-    return bench.run(a)
+# verbs whose module has its own add_parser / run(args): imported when the verb runs
+MODULE_VERBS = {"scale": "yoloforge.scaling", "benchmark": "yoloforge.bench", "data": "yoloforge.data.tools",
+                "weights": "yoloforge.hub", "serve": "yoloforge.serve", "convert": "yoloforge.convert"}
 
 
-def _data(a) -> int:
-    from yoloforge.data import tools
+def _module_verb(module: str):
+    def run(a) -> int:
+        import importlib
 
-    return tools.run(a)
+        return importlib.import_module(module).run(a)
 
-
-def _weights(a) -> int:
-    from yoloforge import hub
-
-    return hub.run(a)
+    return run
 
 
-def _serve(a) -> int:
-    from yoloforge import serve
-
-    return serve.run(a)
-
-
-def _convert(a) -> int:
-    from yoloforge.convert import run
-
-    return run(a)
-
-
-VERBS = {"train": cmd_train, "val": cmd_val, "predict": cmd_predict, "export": cmd_export, "quantize": cmd_quantize, "info": cmd_info,
-         "demo": cmd_demo, "scale": _scale, "convert": _convert,
-         "benchmark": _benchmark, "serve": _serve, "data": _data, "weights": _weights}
+VERBS = {"train": cmd_train, "val": cmd_val, "predict": cmd_predict, "export": cmd_export, "quantize": cmd_quantize,
+         "info": cmd_info, "demo": cmd_demo, **{v: _module_verb(m) for v, m in MODULE_VERBS.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
