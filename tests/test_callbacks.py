@@ -88,10 +88,13 @@ def test_pr_counts():
     assert c["tp"][0] == 3 and c["fp"][0] == 2 and c["tp"][-1] == 0
 
 
-def test_mlflow_sqlite_store(tiny_data, tmp_path):
+def test_mlflow_sqlite_store(tiny_data, tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow", reason="mlflow is optional (pip install mlflow-skinny)")
     pytest.importorskip("sqlalchemy", reason="MLflow's sqlite store needs sqlalchemy")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # artifacts go beside the database, never into the working directory
     Detector("yolov6n", nc=3).train(data=str(tiny_data), epochs=1, imgsz=64, batch=8, workers=0, plots=False,
                                     project=str(tmp_path), name="m", verbose=False, tensorboard=False, mlflow=uri)
     assert mlflow.active_run() is None
@@ -104,3 +107,4 @@ def test_mlflow_sqlite_store(tiny_data, tmp_path):
     arts = client.list_artifacts(r.info.run_id, "weights")
     assert [Path(a.path).name for a in arts] == ["best.safetensors"]
     assert {"results.csv"} <= {Path(a.path).name for a in client.list_artifacts(r.info.run_id)}
+    assert list(cwd.iterdir()) == [] and list((tmp_path / "mlartifacts").rglob("best.safetensors"))

@@ -138,6 +138,13 @@ class MLflowLogger(Callback):
     def on_train_start(self, trainer) -> None:
         mlflow = self.mlflow
         mlflow.set_tracking_uri(self.uri)
+        if mlflow.get_experiment_by_name(self.experiment) is None:
+            # a local sqlite store keeps its artifacts beside the database (MLflow's default is ./mlruns in
+            # whatever directory the training runs from); a server decides for itself
+            loc = None
+            if self.uri.startswith("sqlite:///"):
+                loc = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+            mlflow.create_experiment(self.experiment, artifact_location=loc)
         mlflow.set_experiment(self.experiment)
         self.run = mlflow.start_run(run_name=trainer.run_dir.name)
         params = {**{f"hyp.{k}": v for k, v in trainer.hyp.items()},
