@@ -20,7 +20,6 @@ confirmation page: they cannot be fetched by name; download them yourself and pa
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -118,21 +117,11 @@ def _index() -> dict:
 
 
 def _record(file: str, info: dict) -> None:
+    from yoloforge.utils.checkpoint import atomic_write_text
+
     idx = _index()
     idx[file] = info
-    p = _index_path()
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(idx, indent=1, sort_keys=True))
-    os.replace(tmp, p)
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    atomic_write_text(_index_path(), json.dumps(idx, indent=1, sort_keys=True))
 
 
 class DownloadError(OSError):
@@ -144,6 +133,8 @@ def download(url: str, dest: Path, sha256: str | None = None, retries: int = 3, 
     """``url`` -> ``dest``, through ``dest.part``: continued with a Range request after a broken connection (also
     across runs), checked against the server's length and ``sha256``; ``dest`` appears only when complete."""
     from tqdm import tqdm
+
+    from yoloforge.convert.official import sha256 as sha256_of
 
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -205,6 +196,8 @@ def download(url: str, dest: Path, sha256: str | None = None, retries: int = 3, 
 
 def fetch(name: str, training: bool = False, verbose: bool = True) -> tuple[Path, Path | None, Asset]:
     """Download (or find in the cache) the release file of ``name``; returns (path, darknet cfg path, asset)."""
+    from yoloforge.convert.official import sha256 as sha256_of
+
     a = asset_for(name, training)
     d = home() / "weights"
     dest = d / a.file
@@ -236,7 +229,7 @@ def fetch(name: str, training: bool = False, verbose: bool = True) -> tuple[Path
 
 def pretrained(name: str, training: bool = False, verbose: bool = True) -> Path:
     """The converted yoloforge ``.safetensors`` of an official release (downloaded and converted once)."""
-    from yoloforge.convert.official import convert, summary
+    from yoloforge.convert.official import convert, sha256 as sha256_of, summary
     from yoloforge.utils.checkpoint import read_weights
 
     src, cfg, a = fetch(name, training, verbose)

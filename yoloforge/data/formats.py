@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 import yaml
 
+from yoloforge.utils.boxes import clip_boxes
+
 IMG_FORMATS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm"}
 CLIP_TOL = 0.01  # corners up to this far outside [0, 1] (normalized) are clipped; farther -> row dropped
 CACHE_VERSION = "yoloforge-scan-3"  # 2: image and category ids are cached too; 3: VOC, ignored regions
@@ -113,8 +115,8 @@ def load_data_yaml(path) -> DataConfig:
         jsons = [s for s in (train or []) + (val or []) if s.endswith(".json")]
         if jsons:
             names = load_coco_json(jsons[0]).names
-        elif d.get("nc") is not None:
-            names = [f"class{i}" for i in range(int(d["nc"]))]
+        elif nc is not None:
+            names = [f"class{i}" for i in range(nc)]
         else:
             raise DataError(f"{path}: no 'names' (and no 'nc')")
     if not isinstance(names, (list, tuple)):
@@ -267,6 +269,7 @@ def image_size(path, decode: bool = False) -> tuple[tuple[int, int] | None, str 
     return im.shape[:2], warn
 
 
+# --------------------------------------------------------------------------------------------------- labels
 def read_yolo_labels(txt, nc: int, w: int, h: int):
     """Parse a YOLO txt label file -> (labels float32 (n, 5) [cls, x1, y1, x2, y2] pixels, issues).
 
@@ -471,8 +474,7 @@ def load_coco_json(path) -> CocoSource:
         ignore.append(np.array(crowd[im["id"]], np.float32).reshape(-1, 5))
         h, w = im["height"], im["width"]
         lab = np.array(rows[im["id"]], np.float32).reshape(-1, 5)
-        lab[:, [1, 3]] = lab[:, [1, 3]].clip(0, w)
-        lab[:, [2, 4]] = lab[:, [2, 4]].clip(0, h)
+        clip_boxes(lab[:, 1:5], (h, w))
         ok = ((lab[:, 3] - lab[:, 1]) > 1e-3) & ((lab[:, 4] - lab[:, 2]) > 1e-3)
         if (~ok).any():
             msgs.append(("zero_area", f"{path}: image {im['file_name']}: {(~ok).sum()} zero-area box(es) dropped"))
@@ -667,8 +669,7 @@ def scan_dataset(source, nc: int, cache: bool = True, cache_dir=None, verbose: b
                 rep.add("warning", f"{j}: image {f.name} is {hw[1]}x{hw[0]} but the json says {s[1]}x{s[0]}; "
                                    "the image's size is used")
                 for a in (l, ig):
-                    a[:, [1, 3]] = a[:, [1, 3]].clip(0, hw[1])
-                    a[:, [2, 4]] = a[:, [2, 4]].clip(0, hw[0])
+                    clip_boxes(a[:, 1:5], hw)
                 s = hw
             files.append(f), labels.append(l), shapes.append(tuple(s)), json_ids.append(i), ignore.append(ig)
 
@@ -681,10 +682,8 @@ def scan_dataset(source, nc: int, cache: bool = True, cache_dir=None, verbose: b
         if xml_hw is not None and xml_hw != tuple(hw):
             issues.append(("warning", f"{xml_files[i]}: <size> says {xml_hw[1]}x{xml_hw[0]}, the image is "
                                       f"{hw[1]}x{hw[0]}; the image's size is used"))
-        h, w = hw
         for a in (lab, hard):
-            a[:, [1, 3]] = a[:, [1, 3]].clip(0, w)
-            a[:, [2, 4]] = a[:, [2, 4]].clip(0, h)
+            clip_boxes(a[:, 1:5], hw)
         return hw, lab, hard, ([("warning", f"{f}: {warn}")] if warn else []) + issues
 
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as ex:
