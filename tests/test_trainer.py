@@ -19,25 +19,37 @@ def _final_state(run):
     return load_state(run / "weights" / "last.state.pt")
 
 
+def _interrupted_run(monkeypatch, cfg, interrupt, at_step: int = 6):
+    """Train ``cfg`` with ``interrupt()`` called at optimizer step ``at_step`` (6: epoch 2, second batch, at 4
+    steps an epoch); it must end in KeyboardInterrupt. The optimizer step is put back afterwards."""
+    calls = {"n": 0}
+    orig = Trainer._optimizer_step
+
+    def step(self):
+        calls["n"] += 1
+        if calls["n"] == at_step:
+            interrupt()
+        orig(self)
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", step)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Trainer(cfg).train()
+    finally:
+        monkeypatch.setattr(Trainer, "_optimizer_step", orig)
+
+
+def _ctrl_c():
+    raise KeyboardInterrupt
+
+
 def test_resume_after_interrupt_is_exact(tiny_data, tmp_path, monkeypatch):
     Trainer(_cfg(tiny_data, tmp_path, "straight")).train()
     straight = _final_state(tmp_path / "straight")
 
-    calls = {"n": 0}
-    orig = Trainer._optimizer_step
-
-    def flaky_step(self):
-        calls["n"] += 1
-        if calls["n"] == 6:  # epoch 2 (4 steps per epoch), second batch: Ctrl-C
-            raise KeyboardInterrupt
-        orig(self)
-
-    monkeypatch.setattr(Trainer, "_optimizer_step", flaky_step)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(_cfg(tiny_data, tmp_path, "interrupted")).train()
+    _interrupted_run(monkeypatch, _cfg(tiny_data, tmp_path, "interrupted"), _ctrl_c)
     saved = _final_state(tmp_path / "interrupted")
     assert (saved["epoch"], saved["batch"], saved["finished"]) == (1, 1, False)
-    monkeypatch.setattr(Trainer, "_optimizer_step", orig)
 
     Trainer(TrainConfig(resume=str(tmp_path / "interrupted"), workers=0)).train()
     resumed = _final_state(tmp_path / "interrupted")
@@ -152,23 +164,11 @@ def test_sigterm_saves_like_ctrl_c_and_resume_is_exact(tiny_data, tmp_path, monk
 
     Trainer(_cfg(tiny_data, tmp_path, "straight")).train()
     straight = _final_state(tmp_path / "straight")
-    calls = {"n": 0}
-    orig = Trainer._optimizer_step
-
-    def terminated_step(self):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            os.kill(os.getpid(), signal.SIGTERM)
-        orig(self)
-
-    monkeypatch.setattr(Trainer, "_optimizer_step", terminated_step)
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(_cfg(tiny_data, tmp_path, "term")).train()
+    _interrupted_run(monkeypatch, _cfg(tiny_data, tmp_path, "term"), lambda: os.kill(os.getpid(), signal.SIGTERM))
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
     saved = _final_state(tmp_path / "term")
     assert (saved["epoch"], saved["finished"]) == (1, False)
-    monkeypatch.setattr(Trainer, "_optimizer_step", orig)
     stale = tmp_path / "term" / "weights" / ".last.state.pt.abc123.tmp"
     stale.write_bytes(b"half a file")
     Trainer(TrainConfig(resume=str(tmp_path / "term"), workers=0)).train()

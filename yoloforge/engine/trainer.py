@@ -206,7 +206,6 @@ class Trainer:
             if cfg.sync_bn:
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.model = ddp.wrap(self.model, self.device)
-        self.csv_path = self.run_dir / "results.csv"
 
     def _resolve_weights(self, w: str) -> str:
         """``official`` (the model's official release file, its _training one where there is one) or a release
@@ -262,7 +261,7 @@ class Trainer:
         elif p.suffix == ".safetensors":
             p = p.with_name(p.name.replace(".safetensors", ".state.pt"))
         state = ckpt.load_state(p)
-        if isinstance(state, dict) and ("optimizer" not in state or "model" not in state):
+        if "optimizer" not in state or "model" not in state:  # (load_state returns a dict or raises)
             raise TrainingError(f"{p}: has no optimizer state, so training cannot be resumed; "
                                 f"fine-tune from it instead with --weights")
         ckpt.require_keys(state, p, ("ema", "ema_updates", "epoch", "batch", "best_fitness", "cfg", "rng"))
@@ -325,7 +324,7 @@ class Trainer:
 
         self._setup()
         cfg = self.cfg
-        self.callbacks = CallbackList((default_callbacks(cfg) if self.main else []) + (self.user_callbacks if self.main else []))
+        self.callbacks = CallbackList(default_callbacks(cfg) + self.user_callbacks if self.main else [])
         nb = len(self.train_loader)
         n_warmup = warmup_iters(self.hyp, nb, cfg.epochs)
         if self.main and n_warmup > 0.5 * nb * cfg.epochs:
