@@ -16,6 +16,7 @@ import copy
 import json
 import os
 import sys
+import tempfile
 import time
 import traceback
 
@@ -103,7 +104,7 @@ def op_export(name: str, format: str = "onnx", imgsz: int = 640, outdir: str = "
 
 
 def op_train(name: str, data: str, imgsz: int = 320, batch: int = 8, epochs: int = 1, workers: int = 2,
-             project: str = "/tmp/ul_runs", threads=None, lockstep: bool = False):
+             project: str = "", threads=None, lockstep: bool = False):
     """model.train for ``epochs``; per-iteration times from the batch-start/batch-end callbacks.
 
     step: on_train_batch_start -> on_train_batch_end (preprocess, forward, loss, backward, optimizer step when
@@ -111,6 +112,7 @@ def op_train(name: str, data: str, imgsz: int = 320, batch: int = 8, epochs: int
     each batch start first waits for the driver's "go" (not counted in either).
     """
     _threads(threads)
+    project = project or os.path.join(tempfile.gettempdir(), "ul_runs")
     y = YOLO(f"{name}.yaml")
     marks: list[tuple[str, float]] = []
 
