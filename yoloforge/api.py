@@ -30,13 +30,14 @@ def default_device(device: str = "") -> str:
 
 class Detector:
     def __init__(self, model: str | Path = "yolov6n", nc: int = 80, names: list[str] | None = None, device: str = "",
-                 cfg: str | Path | None = None, pretrained: bool = False):
+                 cfg: str | Path | None = None, pretrained: bool = False, **build_kw):
         """``model``: a registered name (untrained), yoloforge ``.safetensors`` weights, an exported ``.onnx`` /
         OpenVINO ``.xml``, an already opened runtime (:class:`yoloforge.export.runtime.Backend`), or an
         official checkpoint (yolov7 / YOLOv6 / ScaledYOLOv4 ``.pt``, darknet ``.weights`` with its ``cfg``),
         converted safely on the fly. ``pretrained=True`` with a registered name loads the official COCO weights
         of that model (downloaded once, see :mod:`yoloforge.hub`); so does a release file name such as
-        ``"yolov7_training.pt"`` that is not a local file."""
+        ``"yolov7_training.pt"`` that is not a local file. ``build_kw``: build options of a registered name, e.g.
+        ``Detector("yolov6s", training_mode="hyper_search")`` (YOLOv6's RepOpt modes) or ``dropblock=0.1`` (yolov4)."""
         from yoloforge.export.runtime import Backend
         from yoloforge.models.registry import build_model
         from yoloforge.utils.checkpoint import load_model
@@ -66,9 +67,12 @@ class Detector:
             self.weights = None  # not a yoloforge file (training and quantize start from the converted model)
             self._source = Path(src)  # runtimes cache their export beside it, keyed by its hash
         else:
-            self.model = build_model(src, nc=len(names) if names else nc)
+            self.model = build_model(src, nc=len(names) if names else nc, **build_kw)
             self.model.names = list(names) if names else [str(i) for i in range(self.model.nc)]
             self.weights = None
+            self._build_kw = dict(build_kw)  # train() builds it afresh from the name, as `yoloforge train --model`
+        if build_kw and not hasattr(self, "_build_kw"):
+            raise ValueError(f"build options {sorted(build_kw)} apply to a registered model name, not to {src}")
 
     @property
     def names(self) -> list[str]:
@@ -96,8 +100,14 @@ class Detector:
             cfg["weights"] = str(self.weights)
         cfg.setdefault("model", self.model.name)
         cfg.setdefault("device", self.device)
+        given = self.model
+        if hasattr(self, "_build_kw") and self.weights is None and self._source is None:
+            given = None  # untrained, from a name: the trainer builds (and initializes) it as the CLI does
+            cfg.setdefault("model_kw", {k: v for k, v in self._build_kw.items() if k != "training_mode"})
+            if "training_mode" in self._build_kw:
+                cfg.setdefault("training_mode", self._build_kw["training_mode"])
         trainer = Trainer(TrainConfig.from_dict(dict(cfg, data=str(data))),
-                          model=None if cfg.get("weights") else self.model, resume_epochs=resume_epochs,
+                          model=None if cfg.get("weights") else given, resume_epochs=resume_epochs,
                           callbacks=callbacks)
         best = trainer.train()
         if Path(best).exists():

@@ -46,6 +46,16 @@ TRAIN_HELP = {  # the meaning of every TrainConfig field, shown by `yoloforge tr
     "verbose": "progress bars and per-epoch tables",
     "tensorboard": "TensorBoard event files in <run>/tensorboard (where the tensorboard package is installed)",
     "mlflow": "also log to this MLflow tracking URI (http://host:5000 or sqlite:///path/mlflow.db)",
+    "training_mode": "YOLOv6 blocks: repvgg (RepVGG branches), hyper_search (RepOpt stage 1: learns the branch "
+                     "scales), repopt (RepOpt stage 2: plain conv blocks trained by the RepOptimizer, needs --scales); "
+                     "empty: the model's own",
+    "scales": "with --training-mode repopt: the weights of a --training-mode hyper_search run of the same model",
+    "distill": "YOLOv6 self-distillation from --teacher (class KL at --temperature, box-distribution KL for DFL "
+               "models), its weight decaying from 1 to 0.01 over the run",
+    "teacher": "weights of the distillation teacher: a trained YOLOv6 with the same classes and reg_max "
+               "(turns on --distill)",
+    "temperature": "distillation temperature T (the terms are multiplied by T^2)",
+    "distill_feat": "with --distill: also channel-wise distillation of the three neck maps",
 }
 
 

@@ -79,6 +79,14 @@ HYP_PRESETS: dict[str, dict[str, Any]] = {
         step_rule="since_last",
         close_mosaic=15,
         mixup_beta=32.0,
+        # self-distillation (--distill): class / DFL term weights (configs/yolov6{m,l}.py@0.2.0 head.distill_weight;
+        # 0.2.0's N/T/S configs have none -- its distillation needs one -- so they take HEAD's configs/yolov6{n,s}.py
+        # values 1.0 / 1.0), the channel-wise term's weight (loss_distill.py loss_weight cwd 10.0), and the teacher's
+        # BN mode ("batch": engine.py get_teacher_model sets track_running_stats=False)
+        distill_cls=1.0,
+        distill_dfl=1.0,
+        distill_cwd=10.0,
+        distill_teacher_bn="batch",
     ),
     # WongKinYiu/yolov7 data/hyp.scratch.p5.yaml (box/cls/obj gains are scaled at run time by the number of
     # levels, classes and image size, as in its train.py). paste_in needs polygon segments: not built.
@@ -121,8 +129,8 @@ VARIANT_HYP: dict[str, dict[str, Any]] = {
     "yolov6n": dict(lr0=0.02),
     "yolov6t": dict(lr0=0.01),
     "yolov6m": dict(scale=0.9, mixup=0.1),
-    "yolov6l": dict(scale=0.9, mixup=0.1),
-    "yolov6l-relu": dict(scale=0.9, mixup=0.1),
+    "yolov6l": dict(scale=0.9, mixup=0.1, distill_cls=2.0),
+    "yolov6l-relu": dict(scale=0.9, mixup=0.1, distill_cls=2.0),
     # ScaledYOLOv4@yolov4-large data/hyp.scratch.yaml; its train.py: warm-up momentum 0.9, lr floor 0.2
     # (cosine * 0.8 + 0.2), mosaic always; its utils/general.py build_targets picks the right / lower
     # neighbour cell by the inverse-fraction rule (as yolov7)
@@ -244,6 +252,12 @@ class TrainConfig:
     verbose: bool = True
     tensorboard: bool = True  # event files in <run>/tensorboard where the tensorboard package is installed
     mlflow: str = ""  # MLflow tracking URI (http://host:5000 or sqlite:///path/mlflow.db); empty: off
+    training_mode: str = ""  # YOLOv6: repvgg | hyper_search | repopt ("" = the model's own)
+    scales: str = ""  # --training-mode repopt: weights of the hyper_search run whose scales build the masks
+    distill: bool = False  # YOLOv6 self-distillation from --teacher
+    teacher: str = ""  # the teacher's weights (a trained model of the same family, classes and reg_max)
+    temperature: float = 20.0  # distillation temperature
+    distill_feat: bool = False  # also channel-wise distillation of the neck maps (official --distill_feat)
 
     def __post_init__(self) -> None:
         checks = {
@@ -257,6 +271,8 @@ class TrainConfig:
             "patience": self.patience >= 0,
             "conf": 0 <= self.conf <= 1,
             "iou": 0 < self.iou <= 1,
+            "temperature": self.temperature > 0,
+            "training_mode": self.training_mode in ("", "repvgg", "hyper_search", "repopt", "conv_silu", "conv_relu"),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

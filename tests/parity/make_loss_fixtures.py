@@ -5,6 +5,7 @@ separate venv (torch 2.14.1 + torchvision 0.29.1) with a checkout of each offici
 
     python tests/parity/make_loss_fixtures.py --family yolov7 --repo path/to/WongKinYiu/yolov7
     python tests/parity/make_loss_fixtures.py --family yolov6 --repo path/to/meituan/YOLOv6@0.2.0
+    python tests/parity/make_loss_fixtures.py --family yolov6-distill --repo path/to/meituan/YOLOv6@0.2.0
     python tests/parity/make_loss_fixtures.py --family sy4-large --repo path/to/ScaledYOLOv4@yolov4-large
     python tests/parity/make_loss_fixtures.py --family sy4-csp --repo path/to/ScaledYOLOv4@yolov4-csp
 
@@ -162,6 +163,51 @@ def run_yolov6(repo: Path, imgsz: int = 128, nc: int = 4) -> None:
              grad_reg=reg.grad, source="meituan/YOLOv6@0.2.0 yolov6/models/loss.py ComputeLoss")
 
 
+YOLOV6_DISTILL_CASES = {
+    # case: (iou_type, use_dfl, reg_max, epoch, max_epoch, temperature, distill_feat, distill_weight)
+    "yolov6n_distill_tal": ("siou", False, 0, 10, 40, 20, False, {"class": 1.0, "dfl": 1.0}),
+    "yolov6m_distill_atss": ("giou", True, 16, 0, 40, 20, False, {"class": 1.0, "dfl": 1.0}),
+    "yolov6m_distill_tal_cwd": ("giou", True, 16, 13, 40, 5, True, {"class": 2.0, "dfl": 1.0}),
+}
+
+
+def run_yolov6_distill(repo: Path, imgsz: int = 128, nc: int = 4) -> None:
+    """The official distillation loss on a student's and a teacher's raw outputs (teacher = the student's
+    outputs plus noise, so that the KL terms are not 0) and random neck maps for the channel-wise term."""
+    import yolov6.models.loss_distill as official
+
+    for case, (iou_type, use_dfl, reg_max, epoch, max_epoch, temp, feat, dw) in YOLOV6_DISTILL_CASES.items():
+        strides = [8, 16, 32]
+        with _no_cuda():
+            loss_fn = official.ComputeLoss(fpn_strides=strides, num_classes=nc, ori_img_size=imgsz, warmup_epoch=4,
+                                           use_dfl=use_dfl, reg_max=reg_max, iou_type=iou_type, distill_feat=feat,
+                                           distill_weight=dw)
+        shapes = [(imgsz // s, imgsz // s) for s in strides]
+        n = sum(h * w for h, w in shapes)
+        g = torch.Generator().manual_seed(11 + len(case))
+        cls_logits = (torch.randn(4, n, nc, generator=g) * 1.5 - 2.0).requires_grad_(True)
+        if use_dfl:
+            reg = (torch.randn(4, n, 4 * (reg_max + 1), generator=g) * 1.5).requires_grad_(True)
+            t_reg = reg.detach() + torch.randn(reg.shape, generator=g) * 2.0
+        else:
+            reg = (torch.rand(4, n, 4, generator=g) * 4.0 + 0.2).requires_grad_(True)
+            t_reg = reg.detach() * (1 + 0.2 * torch.rand(reg.shape, generator=g))
+        t_cls = cls_logits.detach() + torch.randn(cls_logits.shape, generator=g) * 2.0
+        s_maps = [(torch.randn(4, 8, h, w, generator=g)).requires_grad_(True) for h, w in shapes]
+        t_maps = [m.detach() + torch.randn(m.shape, generator=g) for m in s_maps]
+        targets = batch_targets(imgsz, nc)
+        total, items = loss_fn((s_maps, cls_logits.sigmoid(), reg), (t_maps, t_cls.sigmoid(), t_reg), s_maps, t_maps,
+                               to_normalized_xywh(targets, imgsz), epoch, max_epoch, temp)
+        total.backward()
+        save(case, family="yolov6-distill", cls_logits=cls_logits.detach(), reg=reg.detach(), t_cls=t_cls,
+             t_reg=t_reg, s_maps=[m.detach() for m in s_maps], t_maps=t_maps, shapes=shapes, targets=targets,
+             imgsz=imgsz, nc=nc, strides=strides, iou_type=iou_type, use_dfl=use_dfl, reg_max=reg_max, epoch=epoch,
+             max_epoch=max_epoch, temperature=temp, distill_feat=feat, distill_weight=dw,
+             total=total.detach().reshape(()), components=items.detach(), grad_cls=cls_logits.grad,
+             grad_reg=reg.grad, grad_maps=[m.grad if m.grad is not None else torch.zeros_like(m) for m in s_maps],
+             source="meituan/YOLOv6@0.2.0 yolov6/models/loss_distill.py ComputeLoss")
+
+
 class _no_cuda:
     def __enter__(self):
         self.saved = nn.Module.cuda
@@ -220,7 +266,8 @@ def run_sy4(repo: Path, branch: str, imgsz: int = 128, nc: int = 4) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", required=True, choices=["yolov7", "yolov6", "sy4-large", "sy4-csp"])
+    ap.add_argument("--family", required=True, choices=["yolov7", "yolov6", "yolov6-distill", "sy4-large",
+                                                               "sy4-csp"])
     ap.add_argument("--repo", required=True, type=Path, help="checkout of the official repository")
     args = ap.parse_args()
     repo = args.repo.resolve()
@@ -231,6 +278,8 @@ def main() -> None:
         run_yolov7(repo)
     elif args.family == "yolov6":
         run_yolov6(repo)
+    elif args.family == "yolov6-distill":
+        run_yolov6_distill(repo)
     else:
         run_sy4(repo, args.family.split("-")[1])
 

@@ -22,6 +22,8 @@ def param_groups(model: nn.Module):
                 continue
             if name == "bias":
                 bias.append(p)
+            elif name in getattr(module, "decayed_vectors", ()):
+                decay.append(p)  # RepOpt hyper-search scales: officially in the decayed group
             elif (isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)) or p.ndim <= 1
                   or name == "implicit"):
                 no_decay.append(p)  # BN gamma, scalar gains such as BottleRep alpha, YOLOR implicit vectors
@@ -30,9 +32,10 @@ def param_groups(model: nn.Module):
     return decay, no_decay, bias
 
 
-def build_optimizer(model: nn.Module, hyp: dict, weight_decay: float) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, hyp: dict, weight_decay: float, cls=torch.optim.SGD) -> torch.optim.Optimizer:
+    """The three official groups on SGD, or on ``cls`` (an SGD subclass such as the RepOptimizer)."""
     decay, no_decay, bias = param_groups(model)
-    opt = torch.optim.SGD(no_decay, lr=hyp["lr0"], momentum=hyp["momentum"], nesterov=bool(hyp.get("nesterov", True)))
+    opt = cls(no_decay, lr=hyp["lr0"], momentum=hyp["momentum"], nesterov=bool(hyp.get("nesterov", True)))
     opt.add_param_group({"params": decay, "weight_decay": weight_decay})
     opt.add_param_group({"params": bias, "weight_decay": 0.0})
     for g in opt.param_groups:

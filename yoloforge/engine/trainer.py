@@ -187,9 +187,16 @@ class Trainer:
             else:
                 convert_cmbn(self.model, self.accumulate)
         weight_decay = self.hyp["weight_decay"] * cfg.batch * self.accumulate / cfg.nbs
-        self.optimizer = build_optimizer(self.model, self.hyp, weight_decay)
+        from yoloforge.engine import repopt
+
+        repopt_mode = bool(repopt.repopt_blocks(self.model))
+        self.optimizer = build_optimizer(self.model, self.hyp, weight_decay,
+                                         cls=repopt.RepOptimizer if repopt_mode else torch.optim.SGD)
+        if repopt_mode:
+            self._attach_repopt(resume_state)
         self.lf = lr_lambda(self.hyp, cfg.epochs)
         self.loss_fn = self.model.build_loss(self.hyp)
+        self.teacher = self._build_teacher() if (cfg.distill or cfg.teacher) else None
         if resume_state is None and self.hyp.get("init_fp16_round") and not cfg.weights and self.given_model is None:
             with torch.no_grad():  # yolov7 train.py: model.half().float() before training from scratch
                 for t in list(self.model.parameters()) + list(self.model.buffers()):
@@ -206,6 +213,49 @@ class Trainer:
             if cfg.sync_bn:
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.model = ddp.wrap(self.model, self.device)
+
+    def _attach_repopt(self, resume_state: dict | None) -> None:
+        """RepOpt stage 2: masks from the scales (kept in the resume state, else ``--scales``); from scratch the
+        kernels are re-initialized from them first (official RepVGGOptimizer with ``reinit`` when not pretrained)."""
+        from yoloforge.engine import repopt
+
+        cfg = self.cfg
+        scales = repopt.RepOptimizer.scales_in(resume_state["optimizer"]) if resume_state else None
+        source = f"--resume {cfg.resume}"
+        if scales is None:
+            if not cfg.scales:
+                raise TrainingError(f"{self.model.name} with training_mode repopt trains with the RepOptimizer, which "
+                                    f"needs --scales: the weights of a --training-mode hyper_search run of "
+                                    f"{self.model.name} on your data (stage 1, docs in README 'RepOptimizer')")
+            scales, source = repopt.load_scales(cfg.scales), f"--scales {cfg.scales}"
+        self.optimizer.attach(self.model, scales, source)
+        if resume_state is None and not cfg.weights and self.given_model is None:
+            repopt.reinitialize(self.model, scales)
+        if self.main:
+            LOG.info(f"RepOptimizer: gradient masks of {len(self.optimizer.masks)} blocks from {source}")
+
+    def _build_teacher(self) -> nn.Module:
+        from yoloforge.losses.yolov6_distill import YOLOv6DistillLoss, check_teacher, prepare_teacher
+
+        cfg = self.cfg
+        if not cfg.teacher:
+            raise TrainingError("--distill needs --teacher WEIGHTS: a trained model of the same family, classes and "
+                                "reg_max (for self-distillation: the same model trained without --distill)")
+        teacher = ckpt.load_model(self._resolve_weights(cfg.teacher))[0]
+        if getattr(teacher, "fused", False):
+            raise TrainingError(f"--teacher {cfg.teacher}: a fused (deploy) model; use the unfused weights")
+        try:
+            check_teacher(self.model, teacher, f"--teacher {cfg.teacher}")
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
+        teacher = prepare_teacher(teacher.to(self.device), str(self.hyp.get("distill_teacher_bn", "batch")))
+        self.loss_fn = YOLOv6DistillLoss(self.loss_fn, cfg.epochs, cfg.temperature,
+                                         float(self.hyp.get("distill_cls", 1.0)), float(self.hyp.get("distill_dfl", 1.0)),
+                                         float(self.hyp.get("distill_cwd", 10.0)), cfg.distill_feat)
+        if self.main:
+            LOG.info(f"self-distillation from {cfg.teacher} ({teacher.name}) at temperature {cfg.temperature:g}"
+                     + (", with channel-wise distillation of the neck maps" if cfg.distill_feat else ""))
+        return teacher
 
     def _resolve_weights(self, w: str) -> str:
         """``official`` (the model's official release file, its _training one where there is one) or a release
@@ -242,7 +292,16 @@ class Trainer:
                                        if k in own and own[k].shape == v.shape}, strict=False)
                 model = fresh
         else:
-            model = build_model(cfg.model, nc=nc, **cfg.model_kw)
+            kw = dict(cfg.model_kw)
+            if cfg.training_mode:
+                if not cfg.model.lower().startswith("yolov6"):
+                    raise TrainingError(f"--training-mode is a YOLOv6 option; {cfg.model} has no RepVGG blocks")
+                kw["training_mode"] = cfg.training_mode
+            model = build_model(cfg.model, nc=nc, **kw)
+        mode = getattr(getattr(model, "spec", None), "training_mode", None)
+        if cfg.training_mode and mode != cfg.training_mode:
+            raise TrainingError(f"--training-mode {cfg.training_mode}: the weights {cfg.weights} were trained with "
+                                f"training_mode {mode}; fine-tune them in their own mode (leave --training-mode out)")
         if getattr(model, "fused", False):
             raise TrainingError(f"model {model.name} is fused (deploy form) and cannot be trained; start from unfused weights")
         model.names = self.names
@@ -398,7 +457,12 @@ class Trainer:
                 imgs, targets = self._bag_of_freebies(imgs, targets, epoch, i)
             with torch.autocast(self.device.type, enabled=self.use_amp):
                 outputs = self.model(imgs)
-                loss, items = self.loss_fn(outputs, targets, epoch)
+                if self.teacher is not None:
+                    with torch.no_grad():
+                        teacher_out = self.teacher(imgs)
+                    loss, items = self.loss_fn(outputs, targets, epoch, teacher_out)
+                else:
+                    loss, items = self.loss_fn(outputs, targets, epoch)
             if not torch.isfinite(loss):
                 self._abort_nonfinite(epoch, i, items)
             self.scaler.scale(loss).backward()

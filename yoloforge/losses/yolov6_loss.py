@@ -93,7 +93,10 @@ class YOLOv6Loss:
         proj = torch.arange(self.reg_max + 1, device=reg.device, dtype=reg.dtype)
         return reg.view(b, n, 4, self.reg_max + 1).softmax(-1) @ proj
 
-    def __call__(self, outputs, targets: torch.Tensor, epoch: int):
+    def terms(self, outputs, targets: torch.Tensor, epoch: int) -> dict:
+        """The unweighted terms and what the distillation loss reuses: ``iou``, ``dfl``, ``cls``, the positive
+        mask ``fg`` (B, N), each positive's weight ``weight`` (P,), the normalizer ``score_sum`` and the
+        regression output ``reg`` (fp32)."""
         feats, cls_logits, reg = outputs
         cls_logits, reg = cls_logits.float(), reg.float()
         bs, n, _ = cls_logits.shape
@@ -134,7 +137,10 @@ class YOLOv6Loss:
             loss_dfl = (dfl.view(-1, 4).mean(-1) * weight).sum() / score_sum
         else:
             loss_dfl = reg.new_zeros(())
+        return dict(iou=loss_iou, dfl=loss_dfl, cls=loss_cls, fg=fg, weight=weight, score_sum=score_sum, reg=reg)
 
+    def __call__(self, outputs, targets: torch.Tensor, epoch: int):
+        t = self.terms(outputs, targets, epoch)
         w = self.weights
-        items = torch.stack((w["iou"] * loss_iou, w["dfl"] * loss_dfl, w["cls"] * loss_cls))
+        items = torch.stack((w["iou"] * t["iou"], w["dfl"] * t["dfl"], w["cls"] * t["cls"]))
         return items.sum(), items.detach()

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "make_act", "fuse_conv_bn", "ConvBNAct", "SimConv", "RepVGGBlock", "RepBlock", "BottleRep",
+    "make_act", "fuse_conv_bn", "ConvBNAct", "SimConv", "RepVGGBlock", "HyperSearchBlock", "RealVGGBlock",
+    "TRAINING_MODES", "RepBlock", "BottleRep",
     "BepC3", "SimSPPF", "SPPF", "Transpose", "conv_block",
 ]
 
@@ -150,19 +151,104 @@ class RepVGGBlock(nn.Module):
         return self
 
 
+class HyperSearchBlock(nn.Module):
+    """RepOptimizer stage 1 (``training_mode="hyper_search"``; meituan/YOLOv6@0.2.0 ``LinearAddBlock``):
+    ``relu(BN(s3 * conv3x3(x) + s1 * conv1x1(x) [+ sid * x]))`` -- both convs without bias, each branch
+    times a learnable per-channel scale (all initialized to 1), the identity only when ``c1 == c2`` and
+    ``stride == 1``, then ONE shared BN. The trained scales are what ``training_mode="repopt"`` reads
+    (:func:`yoloforge.engine.repopt.extract_scales`). ``fuse()`` merges it into one 3x3 conv with bias.
+
+    Ding et al., "Re-parameterizing Your Optimizers rather than Architectures", ICLR 2023 (RepOpt)."""
+
+    #: 1-d parameters that officially get weight decay (``ScaleLayer.weight`` lands in the decayed group of
+    #: YOLOv6 0.2.0's ``build_optimizer``, which decays every ``.weight`` that is not a BN's)
+    decayed_vectors = ("scale_conv", "scale_1x1", "scale_identity")
+
+    def __init__(self, c1: int, c2: int, k: int = 3, s: int = 1, act="relu"):
+        super().__init__()
+        if k != 3:
+            raise ValueError("HyperSearchBlock needs a 3x3 kernel")
+        self.c1, self.c2, self.s = c1, c2, s
+        self.conv = nn.Conv2d(c1, c2, 3, s, 1, bias=False)
+        self.conv_1x1 = nn.Conv2d(c1, c2, 1, s, 0, bias=False)
+        self.scale_conv = nn.Parameter(torch.ones(c2))
+        self.scale_1x1 = nn.Parameter(torch.ones(c2))
+        self.scale_identity = nn.Parameter(torch.ones(c2)) if (c1 == c2 and s == 1) else None
+        self.bn = _bn(c2)
+        self.act = make_act(act)
+        self.reparam: nn.Conv2d | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reparam is not None:
+            return self.act(self.reparam(x))
+        y = self.conv(x) * self.scale_conv.view(1, -1, 1, 1) + self.conv_1x1(x) * self.scale_1x1.view(1, -1, 1, 1)
+        if self.scale_identity is not None:
+            y = y + x * self.scale_identity.view(1, -1, 1, 1)
+        return self.act(self.bn(y))
+
+    def scales(self) -> tuple[torch.Tensor, ...]:
+        """``(identity, 1x1, 3x3)`` scales, or ``(1x1, 3x3)`` without an identity branch (the official order)."""
+        own = (self.scale_1x1.detach(), self.scale_conv.detach())
+        return ((self.scale_identity.detach(),) + own) if self.scale_identity is not None else own
+
+    @torch.no_grad()
+    def merged_kernel(self) -> torch.Tensor:
+        """The one 3x3 kernel equal to the three scaled branches (before the BN)."""
+        w = self.conv.weight * self.scale_conv.view(-1, 1, 1, 1)
+        w = w + F.pad(self.conv_1x1.weight * self.scale_1x1.view(-1, 1, 1, 1), [1, 1, 1, 1])
+        if self.scale_identity is not None:
+            idx = torch.arange(self.c1, device=w.device)
+            w[idx, idx, 1, 1] += self.scale_identity
+        return w
+
+    @torch.no_grad()
+    def fuse(self) -> "HyperSearchBlock":
+        if self.reparam is not None:
+            return self
+        merged = torch.nn.utils.skip_init(nn.Conv2d, self.c1, self.c2, 3, self.s, 1, bias=False,
+                                          device=self.conv.weight.device, dtype=self.conv.weight.dtype)
+        merged.weight.copy_(self.merged_kernel())
+        self.reparam = fuse_conv_bn(merged, self.bn)
+        del self.conv, self.conv_1x1, self.scale_conv, self.scale_1x1, self.scale_identity
+        self.scale_identity = None
+        self.bn = nn.Identity()
+        return self
+
+
+class RealVGGBlock(ConvBNAct):
+    """RepOptimizer stage 2 (``training_mode="repopt"``; meituan/YOLOv6@0.2.0 ``RealVGGBlock``): a plain
+    3x3 conv (no bias) + BN + ReLU, trained by :class:`yoloforge.engine.repopt.RepOptimizer`, whose gradient
+    masks make it learn like the multi-branch block. Its own class so that the optimizer finds its kernels."""
+
+    def __init__(self, c1: int, c2: int, k: int = 3, s: int = 1, act="relu"):
+        if k != 3:
+            raise ValueError("RealVGGBlock needs a 3x3 kernel")
+        super().__init__(c1, c2, 3, s, act=act)
+        self.c1, self.c2, self.s = c1, c2, s
+
+
+#: YOLOv6 ``training_mode`` values (meituan/YOLOv6@0.2.0 ``get_block``)
+TRAINING_MODES = ("repvgg", "hyper_search", "repopt", "conv_silu", "conv_relu")
+
+
 def conv_block(kind: str):
     """Return the basic 3x3 block of a YOLOv6 ``training_mode`` (meituan/YOLOv6@0.2.0 ``get_block``):
-    ``"repvgg"`` -> :class:`RepVGGBlock` (ReLU), ``"conv_silu"`` -> conv(bias)+BN+SiLU,
-    ``"conv_relu"`` -> conv(bias)+BN+ReLU. Signature of the result: ``block(c1, c2, k=3, s=1)``."""
+    ``"repvgg"`` -> :class:`RepVGGBlock` (ReLU), ``"hyper_search"`` -> :class:`HyperSearchBlock`,
+    ``"repopt"`` -> :class:`RealVGGBlock`, ``"conv_silu"`` -> conv(bias)+BN+SiLU, ``"conv_relu"`` ->
+    conv(bias)+BN+ReLU. Signature of the result: ``block(c1, c2, k=3, s=1)``."""
     if kind == "repvgg":
         return RepVGGBlock
+    if kind == "hyper_search":
+        return HyperSearchBlock
+    if kind == "repopt":
+        return RealVGGBlock
     if kind in ("conv_silu", "conv_relu"):
         act = "silu" if kind == "conv_silu" else "relu"
 
         def block(c1, c2, k=3, s=1):
             return ConvBNAct(c1, c2, k, s, act=act, bias=True)
         return block
-    raise ValueError(f"unknown block kind {kind!r}; known: repvgg, conv_silu, conv_relu")
+    raise ValueError(f"unknown block kind {kind!r}; known: {', '.join(TRAINING_MODES)}")
 
 
 class RepBlock(nn.Sequential):

@@ -18,7 +18,9 @@ for ``n > 1``; channels ``[64, 128, 256, 512, 1024]`` + ``[256, 128, 128, 256, 2
 ``ceil(c * width / 8) * 8``. Variant settings from ``configs/yolov6{n,s,m,l}.py`` at 0.2.0; the T
 variant is the paper's T (depth 0.25 / width 0.50, see ../shared/FACTS.md), not 0.2.0's
 ``yolov6t.py``. YOLOv6-L trains with ``training_mode = "conv_silu"`` (plain conv+BN+SiLU blocks,
-SiLU CSP convs, SPPF instead of SimSPPF); ``yolov6l-relu`` is the RepVGG/ReLU version.
+SiLU CSP convs, SPPF instead of SimSPPF); ``yolov6l-relu`` is the RepVGG/ReLU version. Any variant takes
+``training_mode="hyper_search"`` or ``"repopt"`` (the two RepOptimizer stages, see
+:mod:`yoloforge.engine.repopt`); all modes fuse to the same deploy graph.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import torch
 from torch import nn
 
 from .base import DetectionModel
-from .common import BepC3, ConvBNAct, RepBlock, SimConv, SimSPPF, SPPF, Transpose, conv_block
+from .common import TRAINING_MODES, BepC3, ConvBNAct, RepBlock, SimConv, SimSPPF, SPPF, Transpose, conv_block
 from .heads import dfl_expectation, distances_to_boxes, make_anchor_points
 from .registry import register
 
@@ -48,7 +50,7 @@ class YOLOv6Spec:
     width: float
     csp: bool = False  # CSPBepBackbone + CSPRepPANNeck (M/L)
     csp_e: float = 0.5
-    block: str = "repvgg"  # training_mode: repvgg | conv_silu | conv_relu
+    training_mode: str = "repvgg"  # repvgg | hyper_search | repopt | conv_silu | conv_relu (common.TRAINING_MODES)
     reg_max: int = 0  # 0: plain ltrb regression; 16: DFL bins
     iou_type: str = "giou"
 
@@ -58,8 +60,8 @@ VARIANTS: dict[str, YOLOv6Spec] = {
     "t": YOLOv6Spec(0.25, 0.50, iou_type="siou"),
     "s": YOLOv6Spec(0.33, 0.50, iou_type="giou"),
     "m": YOLOv6Spec(0.60, 0.75, csp=True, csp_e=2 / 3, reg_max=16, iou_type="giou"),
-    "l": YOLOv6Spec(1.0, 1.0, csp=True, csp_e=1 / 2, block="conv_silu", reg_max=16, iou_type="giou"),
-    "l-relu": YOLOv6Spec(1.0, 1.0, csp=True, csp_e=1 / 2, block="repvgg", reg_max=16, iou_type="giou"),
+    "l": YOLOv6Spec(1.0, 1.0, csp=True, csp_e=1 / 2, training_mode="conv_silu", reg_max=16, iou_type="giou"),
+    "l-relu": YOLOv6Spec(1.0, 1.0, csp=True, csp_e=1 / 2, training_mode="repvgg", reg_max=16, iou_type="giou"),
 }
 
 
@@ -194,6 +196,11 @@ class YOLOv6(DetectionModel):
     def __init__(self, variant: str = "s", nc: int = 80, name: str | None = None, **overrides):
         if variant not in VARIANTS:
             raise ValueError(f"unknown YOLOv6 variant {variant!r}; known: {', '.join(VARIANTS)}")
+        if "block" in overrides:  # the field's name before the RepOpt modes came
+            overrides["training_mode"] = overrides.pop("block")
+        mode = overrides.get("training_mode", VARIANTS[variant].training_mode)
+        if mode not in TRAINING_MODES:
+            raise ValueError(f"unknown YOLOv6 training_mode {mode!r}; known: {', '.join(TRAINING_MODES)}")
         unknown = set(overrides) - set(asdict(VARIANTS[variant]))
         if unknown:
             raise ValueError(f"unknown YOLOv6 option(s) {sorted(unknown)}; known: {', '.join(asdict(VARIANTS[variant]))}")
@@ -206,8 +213,8 @@ class YOLOv6(DetectionModel):
         self.iou_type = spec.iou_type
         repeats = [scale_repeats(n, spec.depth) for n in BACKBONE_REPEATS + NECK_REPEATS]
         ch = [scale_channels(c, spec.width) for c in BACKBONE_CHANNELS + NECK_CHANNELS]
-        self.backbone = EfficientRep(ch, repeats, spec.block, spec.csp, spec.csp_e)
-        self.neck = RepPANNeck(ch, repeats, spec.block, spec.csp, spec.csp_e)
+        self.backbone = EfficientRep(ch, repeats, spec.training_mode, spec.csp, spec.csp_e)
+        self.neck = RepPANNeck(ch, repeats, spec.training_mode, spec.csp, spec.csp_e)
         self.head = EffiDeHead(self.nc, [ch[6], ch[8], ch[10]], self.reg_max)
         self._anchor_cache: dict = {}
 
