@@ -81,8 +81,8 @@ def check_scales(model: nn.Module, scales: Scales, source: str = "scales") -> di
         s = scales[name]
         want = 3 if (b.c1 == b.c2 and b.s == 1) else 2
         if len(s) != want or any(t.shape != (b.c2,) for t in s):
-            raise ValueError(f"{source}: block {name} expects {want} scale vectors of {b.c2}, got "
-                             f"{[tuple(t.shape) for t in s]}")
+            raise ValueError(f"{source}: the hyper-search scales do not fit this model: block {name} expects {want} "
+                             f"scale vectors of {b.c2}, got {[tuple(t.shape) for t in s]} (another model's scales?)")
     return blocks
 
 

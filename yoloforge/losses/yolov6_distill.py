@@ -55,6 +55,9 @@ def channel_wise(student_feats, teacher_feats, temperature: float = 1.0) -> torc
     """Channel-wise distillation (Shu et al., ICCV 2021; official ``distill_loss_cw``) summed over the maps."""
     total = student_feats[0].new_zeros((), dtype=torch.float32)
     for s, t in zip(student_feats, teacher_feats):
+        if s.shape != t.shape:
+            raise ValueError(f"channel-wise distillation needs neck maps of one shape; student {tuple(s.shape)}, "
+                             f"teacher {tuple(t.shape)} (a teacher of another width: leave --distill-feat out)")
         n, c, h, w = s.shape
         ls = F.log_softmax(s.float().reshape(n, c, h * w) / temperature, 2)
         lt = F.log_softmax(t.float().detach().reshape(n, c, h * w) / temperature, 2)

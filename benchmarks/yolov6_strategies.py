@@ -1,0 +1,153 @@
+"""YOLOv6's training strategies measured: RepOpt vs RepVGG (fp32 and int8 mAP, per-layer ranges) and
+self-distillation vs none, at equal epochs, on the demo data and on coco128.
+
+    python benchmarks/yolov6_strategies.py [--parts demo,coco] [--seeds 0,1] [--coco-epochs 30]
+                                           [--runs DIR] [--out docs/yolov6_strategies]
+
+demo: the data and settings of ``yoloforge demo`` (generated shapes, 400 / 100 images at 160, 26 epochs,
+batch 16, ``--hyp small-data``), yolov6n from scratch:
+  repvgg (the default blocks), hyper_search (RepOpt stage 1), repopt with stage 1's scales (stage 2), and the
+  repvgg model distilled from the seed-0 repvgg model (``--teacher``), each with every seed; the seed-0 repvgg
+  and repopt models are quantized by ``yoloforge quantize`` (PTQ, ONNX Runtime int8, 64 calibration images).
+coco: ../shared/data/coco128 at 320, batch 16, ``--coco-epochs``, fine-tuned from the demo's seed-0 models
+  (from scratch nothing learns in that budget): repvgg and repopt (from the demo's repopt model, the same
+  scales), the repvgg run distilled from the seed-0 coco repvgg model, every seed; int8 of the seed-0 ones.
+
+A run whose best weights exist under ``--runs`` is not trained again (the script continues where it stopped).
+Writes results.csv (one row per run) and ranges.png (per-layer input range and weight range of every fused
+convolution of the seed-0 repvgg and repopt models) to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from _common import table
+
+from yoloforge.api import Detector
+from yoloforge.data.synthetic import make_shapes_dataset
+
+HERE = Path(__file__).resolve().parent
+COCO = HERE.parents[1] / "shared" / "data" / "coco128" / "data.yaml"  # ../shared beside the repo
+DEMO = dict(epochs=26, imgsz=160, batch=16, nbs=16, workers=2, close_mosaic=8, val_interval=5, hyp="small-data",
+            hyp_override={"warmup_epochs": 1.0}, plots=False, verbose=False, tensorboard=False)
+
+
+def train(runs: Path, name: str, data: Path, seed: int, settings: dict, **kw) -> Path:
+    best = runs / name / "weights" / "best.safetensors"
+    if best.is_file():
+        return best
+    print(f"training {name} ...", flush=True)
+    return Detector(kw.pop("model", "yolov6n")).train(data=str(data), project=str(runs), name=name, exist_ok=True, seed=seed, **settings, **kw)
+
+
+def fp32_map(weights: Path, data: Path, imgsz: int) -> tuple[float, float]:
+    m = Detector(str(weights)).val(str(data), imgsz=imgsz, verbose=False)
+    return m.map, m.map50
+
+
+def int8_map(weights: Path, data: Path, imgsz: int) -> tuple[float, float]:
+    from yoloforge.quant.ptq import quantize
+
+    out = weights.parent / "int8"
+    rep = quantize(weights, data, out_dir=out, imgsz=imgsz, n_calib=64, sensitivity=False, openvino=False,
+                   verbose=False)
+    return tuple(rep.map["int8-onnxruntime"])
+
+
+def ranges(weights: Path, data: Path, imgsz: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Per fused convolution: max |input| over 32 calibration images, and max |weight|."""
+    from yoloforge.quant.ptq import calibration_batches
+    from yoloforge.quant.sensitivity import conv_layers, input_ranges
+
+    det = Detector(str(weights))
+    model = det._deploy_model().cpu()
+    batches = calibration_batches(data, imgsz, 32, verbose=False)
+    r = input_ranges(model, batches)
+    convs = conv_layers(model)
+    names = list(convs)
+    act = np.array([max(abs(r[n][0]), abs(r[n][1])) for n in names])
+    wmax = np.array([float(convs[n].weight.abs().max()) for n in names])
+    return names, act, wmax
+
+
+def plot_ranges(out: Path, series: dict[str, tuple[list[str], np.ndarray, np.ndarray]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 1, figsize=(12, 7), sharex=True)
+    for label, (names, act, wmax) in series.items():
+        axes[0].semilogy(act, ".-", label=label)
+        axes[1].semilogy(wmax, ".-", label=label)
+    axes[0].set_ylabel("max |input| (calibration)")
+    axes[1].set_ylabel("max |weight|")
+    axes[1].set_xlabel("fused convolution (network order)")
+    axes[0].set_title("per-layer ranges of the fused models: what int8 has to cover")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default="demo,coco")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--coco-epochs", type=int, default=30)
+    ap.add_argument("--runs", type=Path, default=Path(tempfile.gettempdir()) / "yoloforge_strategies")
+    ap.add_argument("--out", type=Path, default=HERE.parent / "docs" / "yolov6_strategies")
+    a = ap.parse_args()
+    seeds = [int(s) for s in a.seeds.split(",")]
+    a.out.mkdir(parents=True, exist_ok=True)
+    rows: list[list] = []
+    demo_runs = a.runs / "demo"
+    demo_data = Path(make_shapes_dataset(a.runs / "demo_data", n_train=400, n_val=100, imgsz=160, seed=0))
+    hs = train(demo_runs, "hyper_search_s0", demo_data, 0, DEMO, training_mode="hyper_search")
+    demo = {}
+    for s in seeds:
+        demo[("repvgg", s)] = train(demo_runs, f"repvgg_s{s}", demo_data, s, DEMO)
+        demo[("repopt", s)] = train(demo_runs, f"repopt_s{s}", demo_data, s, DEMO, training_mode="repopt",
+                                    scales=str(hs))
+    if "demo" in a.parts:
+        for s in seeds:
+            demo[("distill", s)] = train(demo_runs, f"distill_s{s}", demo_data, s, DEMO,
+                                         teacher=str(demo[("repvgg", 0)]))
+        demo[("hyper_search", 0)] = hs
+        for (kind, s), w in sorted(demo.items()):
+            q = int8_map(w, demo_data, 160) if s == 0 and kind in ("repvgg", "repopt") else ("", "")
+            rows.append(["demo", kind, s, *fp32_map(w, demo_data, 160), *q])
+            print(rows[-1], flush=True)
+        plot_ranges(a.out / "ranges_demo.png", {k: ranges(demo[(k, 0)], demo_data, 160) for k in ("repvgg", "repopt")})
+    if "coco" in a.parts:
+        if not COCO.is_file():
+            raise SystemExit(f"coco128 not found at {COCO}")
+        coco = dict(DEMO, epochs=a.coco_epochs, imgsz=320, close_mosaic=5, val_interval=5)
+        coco_runs = a.runs / "coco"
+        runs = {}
+        for s in seeds:
+            runs[("repvgg", s)] = train(coco_runs, f"repvgg_s{s}", COCO, s, coco, weights=str(demo[("repvgg", 0)]))
+            runs[("repopt", s)] = train(coco_runs, f"repopt_s{s}", COCO, s, coco, weights=str(demo[("repopt", 0)]),
+                                        scales=str(hs))
+        for s in seeds:
+            runs[("distill", s)] = train(coco_runs, f"distill_s{s}", COCO, s, coco, weights=str(demo[("repvgg", 0)]),
+                                         teacher=str(runs[("repvgg", 0)]))
+        for (kind, s), w in sorted(runs.items()):
+            q = int8_map(w, COCO, 320) if s == 0 and kind in ("repvgg", "repopt") else ("", "")
+            rows.append(["coco128", kind, s, *fp32_map(w, COCO, 320), *q])
+            print(rows[-1], flush=True)
+        plot_ranges(a.out / "ranges_coco128.png", {k: ranges(runs[(k, 0)], COCO, 320) for k in ("repvgg", "repopt")})
+    head = ["data", "run", "seed", "mAP50-95", "mAP50", "int8 mAP50-95", "int8 mAP50"]
+    with open(a.out / "results.csv", "w", newline="") as f:
+        csv.writer(f).writerows([head] + rows)
+    print(table(head, [[r[0], r[1], r[2]] + [f"{v:.4f}" if isinstance(v, float) else v for v in r[3:]] for r in rows]))
+
+
+if __name__ == "__main__":
+    main()
