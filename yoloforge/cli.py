@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from yoloforge.config import TrainConfig, parse_value
+from yoloforge.config import TRAINING_MODES, TrainConfig, parse_value
 
 
 TRAIN_HELP = {  # the meaning of every TrainConfig field, shown by `yoloforge train --help` with its default
@@ -59,6 +59,9 @@ TRAIN_HELP = {  # the meaning of every TrainConfig field, shown by `yoloforge tr
 }
 
 
+TRAIN_CHOICES = {"training_mode": ["", *TRAINING_MODES], "cache": ["", "ram"]}
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Every option's help ends with its default, flags with 'default: off' (argparse's own
     ArgumentDefaultsHelpFormatter skips options without help text and prints 'False' for flags)."""
@@ -90,7 +93,7 @@ def _add_train(sub):
         if isinstance(d, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=d, help=TRAIN_HELP[f.name])
         else:
-            p.add_argument(flag, type=type(d), default=d, help=TRAIN_HELP[f.name])
+            p.add_argument(flag, type=type(d), default=d, help=TRAIN_HELP[f.name], choices=TRAIN_CHOICES.get(f.name))
     p.add_argument("--hyp-override", action="append", default=[], metavar="KEY=VALUE",
                    help="override one hyper-parameter, e.g. --hyp-override lr0=0.02 (repeatable)")
     p.add_argument("--model-kw", action="append", default=[], metavar="KEY=VALUE",

@@ -217,6 +217,10 @@ def _check_hyp(hyp: dict) -> None:
             raise ValueError(f"hyp {key} is a probability in [0, 1], got {v!r}")
 
 
+#: YOLOv6 ``training_mode`` values (meituan/YOLOv6@0.2.0 ``get_block``; the blocks: models/common.py ``conv_block``)
+TRAINING_MODES = ("repvgg", "hyper_search", "repopt", "conv_silu", "conv_relu")
+
+
 @dataclass
 class TrainConfig:
     """Everything ``yoloforge train`` accepts. Field names are the CLI flags (``--close-mosaic``)."""
@@ -272,7 +276,7 @@ class TrainConfig:
             "conf": 0 <= self.conf <= 1,
             "iou": 0 < self.iou <= 1,
             "temperature": self.temperature > 0,
-            "training_mode": self.training_mode in ("", "repvgg", "hyper_search", "repopt", "conv_silu", "conv_relu"),
+            "training_mode": self.training_mode in ("", *TRAINING_MODES),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from yoloforge.config import TRAINING_MODES
+
 __all__ = [
     "make_act", "fuse_conv_bn", "ConvBNAct", "SimConv", "RepVGGBlock", "HyperSearchBlock", "RealVGGBlock",
     "TRAINING_MODES", "RepBlock", "BottleRep",
@@ -225,10 +227,6 @@ class RealVGGBlock(ConvBNAct):
             raise ValueError("RealVGGBlock needs a 3x3 kernel")
         super().__init__(c1, c2, 3, s, act=act)
         self.c1, self.c2, self.s = c1, c2, s
-
-
-#: YOLOv6 ``training_mode`` values (meituan/YOLOv6@0.2.0 ``get_block``)
-TRAINING_MODES = ("repvgg", "hyper_search", "repopt", "conv_silu", "conv_relu")
 
 
 def conv_block(kind: str):
