@@ -333,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # verbs whose module has its own add_parser / run(args): imported when the verb runs
 MODULE_VERBS = {"scale": "yoloforge.scaling", "benchmark": "yoloforge.bench", "data": "yoloforge.data.tools",
-                "weights": "yoloforge.hub", "serve": "yoloforge.serve", "convert": "yoloforge.convert"}
+                "weights": "yoloforge.hub", "serve": "yoloforge.serve", "convert": "yoloforge.convert",
+                "average": "yoloforge.engine.average"}
 
 
 def _module_verb(module: str):
