@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
 # verbs whose module has its own add_parser / run(args): imported when the verb runs
 MODULE_VERBS = {"scale": "yoloforge.scaling", "benchmark": "yoloforge.bench", "data": "yoloforge.data.tools",
                 "weights": "yoloforge.hub", "serve": "yoloforge.serve", "convert": "yoloforge.convert",
-                "average": "yoloforge.engine.average"}
+                "average": "yoloforge.engine.average", "tune": "yoloforge.engine.tune"}
 
 
 def _module_verb(module: str):

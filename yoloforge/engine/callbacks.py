@@ -8,6 +8,9 @@ A callback is any object with some of these methods; the trainer calls them on t
         def on_epoch_end(self, trainer, epoch, row, metrics): ...    # row: what results.csv gets
         def on_train_end(self, trainer, best, metrics): ...          # best weights' path, their val metrics
 
+A hook that wants training to end calls ``trainer.request_stop("why")`` (it ends after the current epoch, the
+weights saved as at a normal end); an exception raised in a hook only switches that callback off.
+
     Detector("yolov6n").train(data="data.yaml", callbacks=[MyCallback()])
 
 ``trainer.run_dir``, ``trainer.cfg``, ``trainer.hyp``, ``trainer.iteration`` (batches so far) and

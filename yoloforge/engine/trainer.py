@@ -101,6 +101,7 @@ class Trainer:
         self._saved_at = None  # where the newest state written is from ("epoch 3, batch 5")
         self.rows: list[dict] = []  # results.csv, kept in the resume state too (a kill never loses a row)
         self._loss_at_step = None  # (sum of batch losses, batches) of this epoch up to the last optimizer step
+        self.stop_reason: str | None = None  # set by request_stop()
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -568,11 +569,18 @@ class Trainer:
         ddp.barrier()
         return metrics
 
+    def request_stop(self, reason: str) -> None:
+        """End training after this epoch (a callback's way out: a tuner pruning a trial); best weights are saved
+        and validated as at a normal end."""
+        self.stop_reason = reason
+
     def _should_stop(self, epoch: int) -> bool:
-        stop = bool(self.cfg.patience and self.bad_epochs >= self.cfg.patience) if self.main else False
+        patience = bool(self.cfg.patience and self.bad_epochs >= self.cfg.patience)
+        stop = (patience or self.stop_reason is not None) if self.main else False
         stop = ddp.broadcast_object(stop)  # every rank leaves the loop together (no DDP hang)
         if stop and self.main:
-            LOG.info(f"early stop: no improvement for {self.cfg.patience} epochs (epoch {epoch + 1})")
+            LOG.info(f"early stop at epoch {epoch + 1}: " + (f"no improvement for {self.cfg.patience} epochs"
+                                                              if patience else str(self.stop_reason)))
         return stop
 
     def _epoch_row(self, epoch: int, m: Metrics) -> dict:
