@@ -57,3 +57,22 @@ def test_schedule_equals_official(run):
 
 def test_every_official_script_was_recorded():
     assert set(RECORDS) == set(PRESETS)
+
+
+def test_yolov6_bottlerep_alpha_is_not_trained_as_officially():
+    """meituan/YOLOv6 solver/build.py collects only .weight / .bias attributes: BottleRep's alpha (yolov6m/l) is in
+    no group and keeps 1.0; hyp train_alpha=true trains it (in the no-decay group)."""
+    from yoloforge.config import load_hyp
+    from yoloforge.engine.optim import build_optimizer
+    from yoloforge.models.registry import build_model
+
+    model = build_model("yolov6m", nc=2)
+    alphas = {id(p) for n, p in model.named_parameters() if n.endswith(".alpha")}
+    assert alphas
+    hyp = load_hyp("yolov6", "yolov6m")
+    assert hyp["train_alpha"] is False
+    grouped = {id(p) for g in build_optimizer(model, hyp, 5e-4).param_groups for p in g["params"]}
+    assert not alphas & grouped
+    assert len(grouped) == sum(1 for _ in model.parameters()) - len(alphas)
+    grouped = {id(p) for g in build_optimizer(model, dict(hyp, train_alpha=True), 5e-4).param_groups for p in g["params"]}
+    assert alphas <= grouped

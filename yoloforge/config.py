@@ -77,6 +77,7 @@ HYP_PRESETS: dict[str, dict[str, Any]] = {
         score_sum="raw",
         assign_argmax_positive=False,
         step_rule="since_last",
+        train_alpha=False,  # solver/build.py groups only .weight/.bias attributes: BottleRep's alpha is never stepped
         close_mosaic=15,
         mixup_beta=32.0,
         # self-distillation (--distill): class / DFL term weights (configs/yolov6{m,l}.py@0.2.0 head.distill_weight;

@@ -14,11 +14,14 @@ import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module):
+def param_groups(model: nn.Module, train_alpha: bool = True):
+    """(decay, no_decay, bias) parameter lists. ``train_alpha=False`` leaves BottleRep's shortcut gains ``alpha`` out
+    of every group, as YOLOv6's ``build_optimizer`` does (it collects ``.weight`` / ``.bias`` attributes only, so
+    ``alpha`` keeps its initial 1.0 in the official training)."""
     decay, no_decay, bias = [], [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
+            if not p.requires_grad or (name == "alpha" and not train_alpha):
                 continue
             if name == "bias":
                 bias.append(p)
@@ -34,7 +37,7 @@ def param_groups(model: nn.Module):
 
 def build_optimizer(model: nn.Module, hyp: dict, weight_decay: float, cls=torch.optim.SGD) -> torch.optim.Optimizer:
     """The three official groups on SGD, or on ``cls`` (an SGD subclass such as the RepOptimizer)."""
-    decay, no_decay, bias = param_groups(model)
+    decay, no_decay, bias = param_groups(model, bool(hyp.get("train_alpha", True)))
     opt = cls(no_decay, lr=hyp["lr0"], momentum=hyp["momentum"], nesterov=bool(hyp.get("nesterov", True)))
     opt.add_param_group({"params": decay, "weight_decay": weight_decay})
     opt.add_param_group({"params": bias, "weight_decay": 0.0})
