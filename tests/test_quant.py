@@ -77,6 +77,21 @@ def test_sensitivity_ranks_a_badly_quantizable_layer_first():
     assert all(a.sensitivity >= b.sensitivity >= 0 for a, b in zip(ranked, ranked[1:]))
     assert ranked[0].params == w.numel() and ranked[0].in_range[0] == 0.0 < ranked[0].in_range[1]  # after a ReLU
     assert torch.equal(model.b.weight, w)  # the model is left as it was
+    # the paper's layer-output metrics: b has the lowest SNR and cosine (the MSE depends on each layer's scale)
+    b = ranked[0]
+    assert all(b.snr_db < r.snr_db - 10 and b.cosine < r.cosine for r in ranked[1:])
+    assert all(r.cosine <= 1 + 1e-9 and np.isfinite(r.snr_db) and r.mse > 0 and np.isnan(r.map_drop) for r in ranked)
+    for rank in ("snr", "cosine"):
+        assert layer_sensitivity(model, x, verbose=False, rank=rank)[0].name == "b"
+    by_mse = [r.mse for r in layer_sensitivity(model, x, verbose=False, rank="mse")]
+    assert by_mse == sorted(by_mse, reverse=True)
+    # by mAP: evaluate() sees the model with one layer quantized; here its "mAP" is minus the output error
+    ref = [model(torch.from_numpy(v)) for v in x]
+    ev = lambda m: -sum(float((m(torch.from_numpy(v)) - r).abs().mean()) for v, r in zip(x, ref))  # noqa: E731
+    by_map = layer_sensitivity(model, x, verbose=False, evaluate=ev, rank="map")
+    assert by_map[0].name == "b" and by_map[0].map_drop > 0 and torch.equal(model.b.weight, w)
+    with pytest.raises(ValueError, match="needs a val split"):
+        layer_sensitivity(model, x, verbose=False, rank="map")
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +115,7 @@ def test_quantize_writes_int8_models_and_report(quantized):
     assert set(rep["map"]) == {"fp32", "int8-onnxruntime"} | ({"int8-openvino"} if HAS_OV else set())
     csv_rows = (out / "sensitivity.csv").read_text().splitlines()
     assert len(csv_rows) == len(ranking) + 1 and csv_rows[1].split(",")[1] == ranking[0]
+    assert csv_rows[0].split(",")[5:9] == ["mse", "snr_db", "cosine", "map_drop"]
     proto = onnx.load(str(out / "model_int8.onnx"))
     produced_by = {o: n.op_type for n in proto.graph.node for o in n.output}
     convs = [n for n in proto.graph.node if n.op_type == "Conv"]
@@ -115,6 +131,16 @@ def test_quantize_writes_int8_models_and_report(quantized):
     quantized_tensors = {n.input[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"}
     assert quantized_tensors and quantized_tensors <= conv_io
     assert all(produced_by[o.name] != "DequantizeLinear" for o in proto.graph.output)
+
+
+def test_quantize_ranks_by_map_on_the_val_split(quantized, tiny_data, tmp_path):
+    _, w = quantized
+    assert main(["quantize", "--weights", str(w), "--data", str(tiny_data), "--calib", "4", "--sensitivity", "map",
+                 "--no-openvino", "--no-val", "--batch", "4", "--output", str(tmp_path / "q")]) == 0
+    rep = json.loads((tmp_path / "q" / "report.json").read_text())
+    assert rep["ranking"] == "map"
+    drops = [row[7] for row in rep["sensitivity"]]
+    assert drops == sorted(drops, reverse=True) and all(np.isfinite(drops))
 
 
 def test_int8_model_predicts_close_to_fp32(quantized, tiny_data):

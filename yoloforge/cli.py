@@ -188,7 +188,7 @@ def cmd_quantize(a) -> int:
     exclude = [n.strip() for n in a.exclude.split(",") if n.strip()]
     rep = quantize(a.weights, a.data, out_dir=a.output, imgsz=a.imgsz, n_calib=a.calib, skip=a.skip,
                    exclude=exclude, sensitivity=not a.no_sensitivity, openvino=not a.no_openvino,
-                   evaluate=not a.no_val, batch=a.batch)
+                   evaluate=not a.no_val, batch=a.batch, rank=a.sensitivity)
     print(rep.table())
     print(f"report: {Path(rep.onnx).parent / 'report.json'}; run it with: yoloforge predict --weights "
           f"{rep.openvino + '/model.xml' if rep.openvino else rep.onnx} --source ...")
@@ -293,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", type=int, default=0, help="keep the K most int8-sensitive convolutions in float")
     p.add_argument("--exclude", default="", help="comma list of layers kept in float (names from sensitivity.csv)")
     p.add_argument("--no-sensitivity", action="store_true", help="skip the per-layer sensitivity analysis")
+    p.add_argument("--sensitivity", default="output", choices=["output", "mse", "snr", "cosine", "map"],
+                   help="rank layers by: the detector's output error, the MSE / SNR / cosine of the layer's own "
+                        "output, or the val mAP50-95 drop with the layer quantized alone (slow: one val per layer)")
     p.add_argument("--no-openvino", action="store_true", help="write the int8 ONNX only")
     p.add_argument("--no-val", action="store_true", help="do not measure fp32 vs int8 mAP on the val split")
     p.add_argument("--batch", type=int, default=16, help="val batch size")

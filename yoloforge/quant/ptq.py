@@ -41,14 +41,18 @@ class QuantReport:
     openvino: str = ""
     excluded: list = field(default_factory=list)  # fused-model module names kept in float
     calib_images: int = 0
-    sensitivity: list = field(default_factory=list)  # [name, sensitivity, score_err, box_err] most sensitive first
+    # [name, score by `ranking`, score_err, box_err, mse, snr_db, cosine, map_drop], most sensitive first
+    sensitivity: list = field(default_factory=list)
+    ranking: str = "output"
     map: dict = field(default_factory=dict)  # {"fp32": (mAP50-95, mAP50), "int8-onnxruntime": ..., ...}
 
     def table(self) -> str:
         rows = [f"int8 model: {self.onnx}" + (f"\nOpenVINO IR: {self.openvino}" if self.openvino else ""),
                 f"calibration images: {self.calib_images}; kept in float: {', '.join(self.excluded) or 'none'}"]
         if self.sensitivity:
-            rows.append("most sensitive layers (output error when quantized alone):")
+            what = {"output": "output error", "mse": "MSE of its output", "snr": "-SNR (dB) of its output",
+                    "cosine": "-cosine of its output", "map": "mAP50-95 drop"}[self.ranking]
+            rows.append(f"most sensitive layers ({what} when quantized alone):")
             rows += [f"  {n:<40} {s:.4f}" for n, s, *_ in self.sensitivity[:8]]
         if self.map:
             rows.append(f"{'model':<22} {'mAP50-95':>9} {'mAP50':>7}")
@@ -146,7 +150,7 @@ def quantize_onnx(fp32_onnx: str | Path, out_path: str | Path, batches: list[np.
 def quantize(weights: str | Path, data: str | Path, out_dir: str | Path | None = None, imgsz: int | None = None,
              n_calib: int = 128, skip: int = 0, exclude: list[str] = (), sensitivity: bool = True,
              openvino: bool = True, evaluate: bool = True, batch: int = 16, warn_drop: float = 0.02,
-             verbose: bool = True) -> QuantReport:
+             verbose: bool = True, rank: str = "output") -> QuantReport:
     """The whole PTQ pipeline of the module docstring for one ``.safetensors`` (or official) weights file."""
     from yoloforge.api import Detector
     from yoloforge.export.onnx import export_onnx
@@ -170,10 +174,13 @@ def quantize(weights: str | Path, data: str | Path, out_dir: str | Path | None =
     if sensitivity or skip:
         from yoloforge.quant.sensitivity import layer_sensitivity
 
-        ranked = layer_sensitivity(model, batches[:8], verbose=verbose)
-        rep.sensitivity = [[s.name, s.sensitivity, s.score_err, s.box_err] for s in ranked]
+        ev = _torch_map(det, data, imgsz, batch) if rank == "map" else None
+        ranked = layer_sensitivity(model, batches[:8], verbose=verbose, evaluate=ev, rank=rank)
+        rep.sensitivity = [[s.name, s.score(rank), s.score_err, s.box_err, s.mse, s.snr_db, s.cosine, s.map_drop]
+                           for s in ranked]
+        rep.ranking = rank
         skip_names += [s.name for s in ranked[:skip] if s.name not in skip_names]
-        _write_sensitivity(ranked, out_dir)
+        _write_sensitivity(ranked, out_dir, rank)
     unknown = [n for n in skip_names if n not in names]
     if unknown:
         raise ValueError(f"--exclude: no convolution named {unknown[0]!r} in the fused model "
@@ -209,11 +216,32 @@ def _compare_map(det, data, quantized, imgsz, batch) -> dict:
     return res
 
 
-def _write_sensitivity(ranked, out_dir: Path) -> None:
-    rows = ["rank,layer,sensitivity,score_err,box_err,input_min,input_max,params"]
-    rows += [f"{i + 1},{s.name},{s.sensitivity:.6g},{s.score_err:.6g},{s.box_err:.6g},{s.in_range[0]:.6g},"
-             f"{s.in_range[1]:.6g},{s.params}" for i, s in enumerate(ranked)]
+def _torch_map(det, data, imgsz: int, batch: int):
+    """``evaluate(model) -> mAP50-95`` of a torch model on the val split (one loader, built once)."""
+    from yoloforge.data.dataset import DetectionDataset
+    from yoloforge.data.formats import load_data_yaml
+    from yoloforge.data.loader import build_dataloader
+    from yoloforge.engine.evaluator import evaluate
+
+    cfg = load_data_yaml(data)
+    if not cfg.val:
+        raise ValueError(f"{data}: --sensitivity map needs a val split")
+    ds = DetectionDataset(cfg.val, cfg.names, imgsz=imgsz, augment=False, verbose=False, stride=32, rect_batch=batch)
+    loader = build_dataloader(ds, batch, 0, shuffle=False, seed=0)
+    return lambda model: evaluate(model, loader, cfg.names, verbose=False).map
+
+
+def _write_sensitivity(ranked, out_dir: Path, rank: str = "output") -> None:
+    rows = [f"rank ({rank}),layer,output_err,score_err,box_err,mse,snr_db,cosine,map_drop,input_min,input_max,params"]
+    rows += [f"{i + 1},{s.name},{s.sensitivity:.6g},{s.score_err:.6g},{s.box_err:.6g},{s.mse:.6g},{s.snr_db:.6g},"
+             f"{s.cosine:.8g},{s.map_drop:.6g},{s.in_range[0]:.6g},{s.in_range[1]:.6g},{s.params}"
+             for i, s in enumerate(ranked)]
     (out_dir / "sensitivity.csv").write_text("\n".join(rows) + "\n")
     from yoloforge.utils.plots import plot_sensitivity
 
-    plot_sensitivity([s.name for s in ranked], [s.sensitivity for s in ranked], out_dir / "sensitivity.png")
+    value, label = {"output": (lambda s: s.sensitivity, "relative output error when quantized alone (scores + boxes)"),
+                    "mse": (lambda s: s.mse, "MSE of the layer's output, quantized alone vs float"),
+                    "snr": (lambda s: s.snr_db, "SNR (dB) of the layer's output, quantized alone (low = sensitive)"),
+                    "cosine": (lambda s: 1 - s.cosine, "1 - cosine similarity of the layer's output, quantized alone"),
+                    "map": (lambda s: s.map_drop, "val mAP50-95 drop with the layer quantized alone")}[rank]
+    plot_sensitivity([s.name for s in ranked], [value(s) for s in ranked], out_dir / "sensitivity.png", xlabel=label)

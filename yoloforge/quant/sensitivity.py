@@ -8,10 +8,14 @@ symmetric int8 -- and the detector's output on the calibration images is compare
 
     sensitivity = ||scores_q - scores|| / ||scores|| + ||boxes_q - boxes|| / ||boxes||
 
-(relative L2 errors of the class scores and of the xyxy boxes of the ``(B, N, 4 + nc)`` output). Layers
-are then ranked; ``yoloforge quantize --skip K`` keeps the K most sensitive in float. The measure is a
-proxy for the mAP loss (much cheaper: one forward pass per layer and image), reported next to the mAP
-that the quantized model really gets.
+(relative L2 errors of the class scores and of the xyxy boxes of the ``(B, N, 4 + nc)`` output). Next to it,
+the metrics of the YOLOv6 paper (sec. 2.5.3; its "partial quantization" ranks layers by them): of the layer's
+own output with and without quantization, the MSE, the SNR (dB, ``10 log10(|y|^2 / |y_q - y|^2)``) and the
+cosine similarity; and, where an ``evaluate`` callable is given (``--sensitivity map``), what the official
+tools/partial_quantization/sensitivity_analyse.py really uses: the val mAP50-95 with this layer quantized
+alone, its drop from the float mAP. Layers are ranked by the chosen metric; ``yoloforge quantize --skip K``
+keeps the K most sensitive in float. The output error is a proxy for the mAP loss (one forward pass per layer
+and image instead of a validation per layer), reported next to the mAP that the quantized model really gets.
 """
 from __future__ import annotations
 
@@ -23,14 +27,26 @@ from torch import nn
 from tqdm import tqdm
 
 
+RANKINGS = ("output", "mse", "snr", "cosine", "map")
+
+
 @dataclass
 class LayerSensitivity:
     name: str  # module path in the fused model, e.g. "head.cls_preds.2"
-    sensitivity: float
+    sensitivity: float  # output error (score_err + box_err)
     score_err: float
     box_err: float
     in_range: tuple[float, float]  # calibrated input range
     params: int
+    mse: float = float("nan")  # of the layer's own output, quantized alone vs float
+    snr_db: float = float("nan")
+    cosine: float = float("nan")
+    map_drop: float = float("nan")  # float mAP50-95 minus the mAP50-95 with this layer quantized alone
+
+    def score(self, rank: str) -> float:
+        """Larger = more sensitive, for every ranking."""
+        return {"output": self.sensitivity, "mse": self.mse, "snr": -self.snr_db, "cosine": -self.cosine,
+                "map": self.map_drop}[rank]
 
 
 def fake_quant_activation(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
@@ -79,28 +95,59 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def layer_sensitivity(model: nn.Module, batches: list[np.ndarray], verbose: bool = True) -> list[LayerSensitivity]:
-    """Rank the fused ``model``'s convolutions by how much quantizing each one alone changes the output.
+def layer_sensitivity(model: nn.Module, batches: list[np.ndarray], verbose: bool = True, evaluate=None,
+                      rank: str = "output") -> list[LayerSensitivity]:
+    """Rank the fused ``model``'s convolutions by how much quantizing each one alone changes things.
 
-    ``batches``: float32 NCHW arrays in [0, 1] (the calibration images). Returns most sensitive first."""
+    ``batches``: float32 NCHW arrays in [0, 1] (the calibration images). ``evaluate(model) -> mAP50-95`` (optional)
+    adds the mAP drop of each layer (needed for ``rank="map"``). Returns the most sensitive first by ``rank``."""
+    if rank not in RANKINGS:
+        raise ValueError(f"sensitivity ranking {rank!r}: one of {', '.join(RANKINGS)}")
+    if rank == "map" and evaluate is None:
+        raise ValueError("the mAP sensitivity needs a val split to evaluate on")
     model = model.eval()
     ranges = input_ranges(model, batches)
     refs = [model(torch.from_numpy(x)) for x in batches]
     scores_ref = torch.cat([r[..., 4:].flatten() for r in refs])
     boxes_ref = torch.cat([r[..., :4].flatten() for r in refs])
+    base_map = float(evaluate(model)) if evaluate is not None else None
     out = []
     for name, conv in tqdm(list(conv_layers(model).items()), desc="int8 sensitivity", disable=not verbose,
                            unit="layer", dynamic_ncols=True):
         lo, hi = ranges[name]
         w = conv.weight.data
+        acc = {"err": 0.0, "ref": 0.0, "dot": 0.0, "qq": 0.0, "n": 0}
+
+        def pre(_, inp, lo=lo, hi=hi):
+            acc["x"] = inp[0]  # float: every layer before this one is float
+            return (fake_quant_activation(inp[0], lo, hi),)
+
+        def post(m, _, y, w=w):
+            ref = m._conv_forward(acc.pop("x"), w, m.bias).double()
+            y = y.double()
+            acc["err"] += float(((y - ref) ** 2).sum())
+            acc["ref"] += float((ref ** 2).sum())
+            acc["dot"] += float((y * ref).sum())
+            acc["qq"] += float((y ** 2).sum())
+            acc["n"] += ref.numel()
+
         conv.weight.data = fake_quant_weight(w)
-        h = conv.register_forward_pre_hook(lambda _, inp, lo=lo, hi=hi: (fake_quant_activation(inp[0], lo, hi),))
+        handles = [conv.register_forward_pre_hook(pre), conv.register_forward_hook(post)]
         try:
             ys = [model(torch.from_numpy(x)) for x in batches]
+            for h in handles:
+                h.remove()
+            handles = [conv.register_forward_pre_hook(lambda _, inp, lo=lo, hi=hi: (fake_quant_activation(inp[0], lo, hi),))]
+            q_map = float(evaluate(model)) if evaluate is not None else float("nan")
         finally:
-            h.remove()
+            for h in handles:
+                h.remove()
             conv.weight.data = w
         se = _rel(torch.cat([y[..., 4:].flatten() for y in ys]), scores_ref)
         be = _rel(torch.cat([y[..., :4].flatten() for y in ys]), boxes_ref)
-        out.append(LayerSensitivity(name, se + be, se, be, (lo, hi), w.numel()))
-    return sorted(out, key=lambda s: -s.sensitivity)
+        snr = 10 * np.log10(max(acc["ref"], 1e-30) / max(acc["err"], 1e-30))
+        cos = acc["dot"] / max(np.sqrt(acc["ref"] * acc["qq"]), 1e-30)
+        out.append(LayerSensitivity(name, se + be, se, be, (lo, hi), w.numel(), mse=acc["err"] / max(acc["n"], 1),
+                                    snr_db=float(snr), cosine=float(cos),
+                                    map_drop=(base_map - q_map) if base_map is not None else float("nan")))
+    return sorted(out, key=lambda s: -s.score(rank))

@@ -289,14 +289,14 @@ def plot_labels(labels, shapes, names, path="labels.png") -> Path:
     return _save(fig, path)
 
 
-def plot_sensitivity(layers, values, path="sensitivity.png", top: int = 30) -> Path:
-    """Horizontal bars of the ``top`` most int8-sensitive layers (``values`` sorted descending)."""
+def plot_sensitivity(layers, values, path="sensitivity.png", top: int = 30,
+                     xlabel: str = "relative output error when quantized alone (scores + boxes)") -> Path:
+    """Horizontal bars of the ``top`` most int8-sensitive layers (most sensitive first)."""
     layers, values = list(layers)[:top], np.asarray(values, dtype=np.float64)[:top]
     fig = Figure(figsize=(9, 0.25 * len(layers) + 1.2), dpi=100, tight_layout=True)
     ax = fig.subplots()
     y = np.arange(len(layers))[::-1]
     ax.barh(y, values, color="tab:red")
     ax.set_yticks(y, layers, fontsize=7)
-    ax.set(xlabel="relative output error when quantized alone (scores + boxes)",
-           title=f"int8 sensitivity per layer (top {len(layers)})")
+    ax.set(xlabel=xlabel, title=f"int8 sensitivity per layer (top {len(layers)})")
     return _save(fig, path)
