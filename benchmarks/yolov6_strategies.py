@@ -14,8 +14,9 @@ coco: ../shared/data/coco128 at 320, batch 16, ``--coco-epochs``, fine-tuned fro
   scales), the repvgg run distilled from the seed-0 coco repvgg model, every seed; int8 of the seed-0 ones.
 
 A run whose best weights exist under ``--runs`` is not trained again (the script continues where it stopped).
-Writes results.csv (one row per run) and ranges.png (per-layer input range and weight range of every fused
-convolution of the seed-0 repvgg and repopt models) to ``--out``.
+Writes results_demo.csv / results_coco128.csv (one row per run) and ranges_demo.png / ranges_coco128.png
+(per-layer input range and weight range of every fused convolution of the seed-0 repvgg and repopt models)
+to ``--out``.
 """
 from __future__ import annotations
 
@@ -106,7 +107,13 @@ def main() -> None:
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     a.out.mkdir(parents=True, exist_ok=True)
-    rows: list[list] = []
+    head = ["data", "run", "seed", "mAP50-95", "mAP50", "int8 mAP50-95", "int8 mAP50"]
+
+    def report(part: str, rows: list[list]) -> None:
+        with open(a.out / f"results_{part}.csv", "w", newline="") as f:
+            csv.writer(f).writerows([head] + rows)
+        print(table(head, [r[:3] + [f"{v:.4f}" if isinstance(v, float) else v for v in r[3:]] for r in rows]))
+
     demo_runs = a.runs / "demo"
     demo_data = Path(make_shapes_dataset(a.runs / "demo_data", n_train=400, n_val=100, imgsz=160, seed=0))
     hs = train(demo_runs, "hyper_search_s0", demo_data, 0, DEMO, training_mode="hyper_search")
@@ -120,10 +127,12 @@ def main() -> None:
             demo[("distill", s)] = train(demo_runs, f"distill_s{s}", demo_data, s, DEMO,
                                          teacher=str(demo[("repvgg", 0)]))
         demo[("hyper_search", 0)] = hs
+        rows = []
         for (kind, s), w in sorted(demo.items()):
             q = int8_map(w, demo_data, 160) if s == 0 and kind in ("repvgg", "repopt") else ("", "")
             rows.append(["demo", kind, s, *fp32_map(w, demo_data, 160), *q])
             print(rows[-1], flush=True)
+        report("demo", rows)
         plot_ranges(a.out / "ranges_demo.png", {k: ranges(demo[(k, 0)], demo_data, 160) for k in ("repvgg", "repopt")})
     if "coco" in a.parts:
         if not COCO.is_file():
@@ -138,15 +147,13 @@ def main() -> None:
         for s in seeds:
             runs[("distill", s)] = train(coco_runs, f"distill_s{s}", COCO, s, coco, weights=str(demo[("repvgg", 0)]),
                                          teacher=str(runs[("repvgg", 0)]))
+        rows = []
         for (kind, s), w in sorted(runs.items()):
             q = int8_map(w, COCO, 320) if s == 0 and kind in ("repvgg", "repopt") else ("", "")
             rows.append(["coco128", kind, s, *fp32_map(w, COCO, 320), *q])
             print(rows[-1], flush=True)
+        report("coco128", rows)
         plot_ranges(a.out / "ranges_coco128.png", {k: ranges(runs[(k, 0)], COCO, 320) for k in ("repvgg", "repopt")})
-    head = ["data", "run", "seed", "mAP50-95", "mAP50", "int8 mAP50-95", "int8 mAP50"]
-    with open(a.out / "results.csv", "w", newline="") as f:
-        csv.writer(f).writerows([head] + rows)
-    print(table(head, [[r[0], r[1], r[2]] + [f"{v:.4f}" if isinstance(v, float) else v for v in r[3:]] for r in rows]))
 
 
 if __name__ == "__main__":
