@@ -7,7 +7,8 @@ self-distillation vs none, at equal epochs, on the demo data and on coco128.
 demo: the data and settings of ``yoloforge demo`` (generated shapes, 400 / 100 images at 160, 26 epochs,
 batch 16, ``--hyp small-data``), yolov6n from scratch:
   repvgg (the default blocks), hyper_search (RepOpt stage 1), repopt with stage 1's scales (stage 2), and the
-  repvgg model distilled from the seed-0 repvgg model (``--teacher``), each with every seed; the seed-0 repvgg
+  repvgg model distilled from the seed-0 repvgg model (``--teacher``), each with every seed, and a control: seed 0
+  distilled from an untrained yolov6n (what the distillation terms do without knowledge in them); the seed-0 repvgg
   and repopt models are quantized by ``yoloforge quantize`` (PTQ, ONNX Runtime int8, 64 calibration images).
 coco: ../shared/data/coco128 at 320, batch 16, ``--coco-epochs``, fine-tuned from the demo's seed-0 models
   (from scratch nothing learns in that budget): repvgg and repopt (from the demo's repopt model, the same
@@ -43,6 +44,23 @@ def train(runs: Path, name: str, data: Path, seed: int, settings: dict, **kw) ->
         return best
     print(f"training {name} ...", flush=True)
     return Detector(kw.pop("model", "yolov6n")).train(data=str(data), project=str(runs), name=name, exist_ok=True, seed=seed, **settings, **kw)
+
+
+def untrained_teacher(runs: Path, data: Path) -> Path:
+    """An untrained yolov6n (seed 123) saved as weights: the control teacher."""
+    import torch
+
+    from yoloforge.data.formats import load_data_yaml
+    from yoloforge.models.registry import build_model
+    from yoloforge.utils.checkpoint import save_weights
+
+    path = runs / "untrained_teacher.safetensors"
+    if not path.is_file():
+        torch.manual_seed(123)
+        names = list(load_data_yaml(data).names)
+        m = build_model("yolov6n", nc=len(names))
+        save_weights(path, m, {"model": m.name, "build_kwargs": m.build_kwargs, "names": names, "imgsz": 160})
+    return path
 
 
 def fp32_map(weights: Path, data: Path, imgsz: int) -> tuple[float, float]:
@@ -127,6 +145,8 @@ def main() -> None:
             demo[("distill", s)] = train(demo_runs, f"distill_s{s}", demo_data, s, DEMO,
                                          teacher=str(demo[("repvgg", 0)]))
         demo[("hyper_search", 0)] = hs
+        demo[("distill_untrained_teacher", 0)] = train(demo_runs, "distill_untrained_teacher_s0", demo_data, 0, DEMO,
+                                                       teacher=str(untrained_teacher(demo_runs, demo_data)))
         rows = []
         for (kind, s), w in sorted(demo.items()):
             q = int8_map(w, demo_data, 160) if s == 0 and kind in ("repvgg", "repopt") else ("", "")
