@@ -89,7 +89,7 @@ def ranges(weights: Path, data: Path, imgsz: int) -> tuple[list[str], np.ndarray
     convs = conv_layers(model)
     names = list(convs)
     act = np.array([max(abs(r[n][0]), abs(r[n][1])) for n in names])
-    wmax = np.array([float(convs[n].weight.abs().max()) for n in names])
+    wmax = np.array([float(convs[n].weight.detach().abs().max()) for n in names])
     return names, act, wmax
 
 
@@ -127,10 +127,17 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     head = ["data", "run", "seed", "mAP50-95", "mAP50", "int8 mAP50-95", "int8 mAP50"]
 
-    def report(part: str, rows: list[list]) -> None:
+    def report(part: str, runs: dict, data: Path, imgsz: int) -> None:
+        """fp32 mAP of every run, int8 of the seed-0 repvgg / repopt ones; results_<part>.csv, ranges_<part>.png."""
+        rows = []
+        for (kind, s), w in sorted(runs.items()):
+            q = int8_map(w, data, imgsz) if s == 0 and kind in ("repvgg", "repopt") else ("", "")
+            rows.append([part, kind, s, *fp32_map(w, data, imgsz), *q])
+            print(rows[-1], flush=True)
         with open(a.out / f"results_{part}.csv", "w", newline="") as f:
             csv.writer(f).writerows([head] + rows)
         print(table(head, [r[:3] + [f"{v:.4f}" if isinstance(v, float) else v for v in r[3:]] for r in rows]))
+        plot_ranges(a.out / f"ranges_{part}.png", {k: ranges(runs[(k, 0)], data, imgsz) for k in ("repvgg", "repopt")})
 
     demo_runs = a.runs / "demo"
     demo_data = Path(make_shapes_dataset(a.runs / "demo_data", n_train=400, n_val=100, imgsz=160, seed=0))
@@ -147,13 +154,7 @@ def main() -> None:
         demo[("hyper_search", 0)] = hs
         demo[("distill_untrained_teacher", 0)] = train(demo_runs, "distill_untrained_teacher_s0", demo_data, 0, DEMO,
                                                        teacher=str(untrained_teacher(demo_runs, demo_data)))
-        rows = []
-        for (kind, s), w in sorted(demo.items()):
-            q = int8_map(w, demo_data, 160) if s == 0 and kind in ("repvgg", "repopt") else ("", "")
-            rows.append(["demo", kind, s, *fp32_map(w, demo_data, 160), *q])
-            print(rows[-1], flush=True)
-        report("demo", rows)
-        plot_ranges(a.out / "ranges_demo.png", {k: ranges(demo[(k, 0)], demo_data, 160) for k in ("repvgg", "repopt")})
+        report("demo", demo, demo_data, 160)
     if "coco" in a.parts:
         if not COCO.is_file():
             raise SystemExit(f"coco128 not found at {COCO}")
@@ -167,13 +168,7 @@ def main() -> None:
         for s in seeds:
             runs[("distill", s)] = train(coco_runs, f"distill_s{s}", COCO, s, coco, weights=str(demo[("repvgg", 0)]),
                                          teacher=str(runs[("repvgg", 0)]))
-        rows = []
-        for (kind, s), w in sorted(runs.items()):
-            q = int8_map(w, COCO, 320) if s == 0 and kind in ("repvgg", "repopt") else ("", "")
-            rows.append(["coco128", kind, s, *fp32_map(w, COCO, 320), *q])
-            print(rows[-1], flush=True)
-        report("coco128", rows)
-        plot_ranges(a.out / "ranges_coco128.png", {k: ranges(runs[(k, 0)], COCO, 320) for k in ("repvgg", "repopt")})
+        report("coco128", runs, COCO, 320)
 
 
 if __name__ == "__main__":

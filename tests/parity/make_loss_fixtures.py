@@ -136,6 +136,19 @@ YOLOV6_CASES = {
 }
 
 
+def yolov6_outputs(seed: int, imgsz: int, strides, nc: int, use_dfl: bool, reg_max: int):
+    """(generator, level shapes, cls logits, reg) of a 4-image batch: raw YOLOv6 head outputs, gradients on."""
+    shapes = [(imgsz // s, imgsz // s) for s in strides]
+    n = sum(h * w for h, w in shapes)
+    g = torch.Generator().manual_seed(seed)
+    cls_logits = (torch.randn(4, n, nc, generator=g) * 1.5 - 2.0).requires_grad_(True)
+    if use_dfl:
+        reg = (torch.randn(4, n, 4 * (reg_max + 1), generator=g) * 1.5).requires_grad_(True)
+    else:  # ltrb distances in stride units, mostly positive
+        reg = (torch.rand(4, n, 4, generator=g) * 4.0 + 0.2).requires_grad_(True)
+    return g, shapes, cls_logits, reg
+
+
 def run_yolov6(repo: Path, imgsz: int = 128, nc: int = 4) -> None:
     import yolov6.models.loss as official
 
@@ -145,14 +158,7 @@ def run_yolov6(repo: Path, imgsz: int = 128, nc: int = 4) -> None:
         with _no_cuda():
             loss_fn = official.ComputeLoss(fpn_strides=strides, num_classes=nc, ori_img_size=imgsz, warmup_epoch=4,
                                            use_dfl=use_dfl, reg_max=reg_max, iou_type=iou_type)
-        shapes = [(imgsz // s, imgsz // s) for s in strides]
-        n = sum(h * w for h, w in shapes)
-        g = torch.Generator().manual_seed(7 + len(case))
-        cls_logits = (torch.randn(4, n, nc, generator=g) * 1.5 - 2.0).requires_grad_(True)
-        if use_dfl:
-            reg = (torch.randn(4, n, 4 * (reg_max + 1), generator=g) * 1.5).requires_grad_(True)
-        else:  # ltrb distances in stride units, mostly positive
-            reg = (torch.rand(4, n, 4, generator=g) * 4.0 + 0.2).requires_grad_(True)
+        g, shapes, cls_logits, reg = yolov6_outputs(7 + len(case), imgsz, strides, nc, use_dfl, reg_max)
         feats = [torch.zeros(4, 8, h, w) for h, w in shapes]
         targets = batch_targets(imgsz, nc)
         total, items = loss_fn((feats, cls_logits.sigmoid(), reg), to_normalized_xywh(targets, imgsz), epoch)
@@ -182,15 +188,10 @@ def run_yolov6_distill(repo: Path, imgsz: int = 128, nc: int = 4) -> None:
             loss_fn = official.ComputeLoss(fpn_strides=strides, num_classes=nc, ori_img_size=imgsz, warmup_epoch=4,
                                            use_dfl=use_dfl, reg_max=reg_max, iou_type=iou_type, distill_feat=feat,
                                            distill_weight=dw)
-        shapes = [(imgsz // s, imgsz // s) for s in strides]
-        n = sum(h * w for h, w in shapes)
-        g = torch.Generator().manual_seed(11 + len(case))
-        cls_logits = (torch.randn(4, n, nc, generator=g) * 1.5 - 2.0).requires_grad_(True)
+        g, shapes, cls_logits, reg = yolov6_outputs(11 + len(case), imgsz, strides, nc, use_dfl, reg_max)
         if use_dfl:
-            reg = (torch.randn(4, n, 4 * (reg_max + 1), generator=g) * 1.5).requires_grad_(True)
             t_reg = reg.detach() + torch.randn(reg.shape, generator=g) * 2.0
         else:
-            reg = (torch.rand(4, n, 4, generator=g) * 4.0 + 0.2).requires_grad_(True)
             t_reg = reg.detach() * (1 + 0.2 * torch.rand(reg.shape, generator=g))
         t_cls = cls_logits.detach() + torch.randn(cls_logits.shape, generator=g) * 2.0
         s_maps = [(torch.randn(4, 8, h, w, generator=g)).requires_grad_(True) for h, w in shapes]

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from yoloforge.models.common import HyperSearchBlock, RealVGGBlock
+from yoloforge.models.common import HyperSearchBlock, RealVGGBlock, add_centre_diagonal_
 
 Scales = dict[str, tuple[torch.Tensor, ...]]
 
@@ -93,10 +93,7 @@ def gradient_mask(block: RealVGGBlock, scales: tuple[torch.Tensor, ...]) -> torc
     s1, s3 = s[-2], s[-1]
     mask = (s3 ** 2).view(-1, 1, 1, 1).expand_as(w).clone()
     mask[:, :, 1, 1] += (s1 ** 2).view(-1, 1)
-    if len(s) == 3:
-        idx = torch.arange(w.shape[0], device=w.device)
-        mask[idx, idx, 1, 1] += 1.0
-    return mask
+    return add_centre_diagonal_(mask, 1.0) if len(s) == 3 else mask
 
 
 @torch.no_grad()
@@ -109,10 +106,7 @@ def reinitialize(model: nn.Module, scales: Scales, generator: torch.Generator | 
         one = torch.empty(w.shape[0], w.shape[1], 1, 1, device=w.device, dtype=w.dtype)
         nn.init.kaiming_uniform_(one, a=5 ** 0.5, generator=generator)  # nn.Conv2d.reset_parameters
         new = w * s[-1].view(-1, 1, 1, 1) + F.pad(one * s[-2].view(-1, 1, 1, 1), [1, 1, 1, 1])
-        if len(s) == 3:
-            idx = torch.arange(w.shape[0], device=w.device)
-            new[idx, idx, 1, 1] += s[0]
-        w.copy_(new)
+        w.copy_(add_centre_diagonal_(new, s[0]) if len(s) == 3 else new)
 
 
 class RepOptimizer(torch.optim.SGD):

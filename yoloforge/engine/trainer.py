@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from yoloforge.config import TrainConfig, load_hyp
-from yoloforge.engine import ddp
+from yoloforge.engine import ddp, repopt
 from yoloforge.engine.ema import ModelEMA, unwrap
 from yoloforge.engine.evaluator import Metrics, evaluate
 from yoloforge.engine.optim import apply_schedule, build_optimizer, lr_lambda, step_due, warmup_iters
@@ -188,8 +188,6 @@ class Trainer:
             else:
                 convert_cmbn(self.model, self.accumulate)
         weight_decay = self.hyp["weight_decay"] * cfg.batch * self.accumulate / cfg.nbs
-        from yoloforge.engine import repopt
-
         repopt_mode = bool(repopt.repopt_blocks(self.model))
         self.optimizer = build_optimizer(self.model, self.hyp, weight_decay,
                                          cls=repopt.RepOptimizer if repopt_mode else torch.optim.SGD)
@@ -218,8 +216,6 @@ class Trainer:
     def _attach_repopt(self, resume_state: dict | None) -> None:
         """RepOpt stage 2: masks from the scales (kept in the resume state, else ``--scales``); from scratch the
         kernels are re-initialized from them first (official RepVGGOptimizer with ``reinit`` when not pretrained)."""
-        from yoloforge.engine import repopt
-
         cfg = self.cfg
         scales = repopt.RepOptimizer.scales_in(resume_state["optimizer"]) if resume_state else None
         source = f"--resume {cfg.resume}"

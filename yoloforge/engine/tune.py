@@ -245,16 +245,18 @@ def _open(a, worker: int = 0):
     return study, space, base, out
 
 
-def run_worker(a) -> None:
-    """One worker: trials until the study holds ``--trials`` finished (complete or pruned) ones."""
+def run_worker(a):
+    """One worker: trials until the study holds ``--trials`` finished (complete or pruned) ones; returns what
+    :func:`_open` returns."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study, space, _, out = _open(a, int(os.environ.get("YOLOFORGE_TUNE_WORKER", "0")))
+    opened = study, space, _, out = _open(a, int(os.environ.get("YOLOFORGE_TUNE_WORKER", "0")))
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     if len(study.get_trials(deepcopy=False, states=states)) < a.trials:
         study.optimize(objective(a, space, out), callbacks=[optuna.study.MaxTrialsCallback(a.trials, states=states)],
                        gc_after_trial=True, show_progress_bar=False)
+    return opened
 
 
 def run(a) -> int:
@@ -272,9 +274,9 @@ def run(a) -> int:
         codes = [p.wait() for p in procs]
         if any(codes):
             LOG.warning(f"tune workers ended with codes {codes}; the finished trials are in the study")
+        study, space, base, out = _open(a)
     else:
-        run_worker(a)
-    study, space, base, out = _open(a)
+        study, space, base, out = run_worker(a)
     best = write_results(study, space, base, out)
     print(f"study {study.study_name}: {len(study.trials)} trials; best {best or 'none finished'}")
     print(f"results in {out} (best_hyp.yaml, trials.csv, optimization_history.png, param_importances.png, slice.png)")

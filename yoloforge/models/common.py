@@ -153,6 +153,13 @@ class RepVGGBlock(nn.Module):
         return self
 
 
+def add_centre_diagonal_(kernel: torch.Tensor, values) -> torch.Tensor:
+    """``kernel[i, i, 1, 1] += values[i]`` in place (an identity branch inside a 3x3 kernel); returns ``kernel``."""
+    idx = torch.arange(kernel.shape[0], device=kernel.device)
+    kernel[idx, idx, 1, 1] += values
+    return kernel
+
+
 class HyperSearchBlock(nn.Module):
     """RepOptimizer stage 1 (``training_mode="hyper_search"``; meituan/YOLOv6@0.2.0 ``LinearAddBlock``):
     ``relu(BN(s3 * conv3x3(x) + s1 * conv1x1(x) [+ sid * x]))`` -- both convs without bias, each branch
@@ -198,10 +205,7 @@ class HyperSearchBlock(nn.Module):
         """The one 3x3 kernel equal to the three scaled branches (before the BN)."""
         w = self.conv.weight * self.scale_conv.view(-1, 1, 1, 1)
         w = w + F.pad(self.conv_1x1.weight * self.scale_1x1.view(-1, 1, 1, 1), [1, 1, 1, 1])
-        if self.scale_identity is not None:
-            idx = torch.arange(self.c1, device=w.device)
-            w[idx, idx, 1, 1] += self.scale_identity
-        return w
+        return w if self.scale_identity is None else add_centre_diagonal_(w, self.scale_identity)
 
     @torch.no_grad()
     def fuse(self) -> "HyperSearchBlock":
@@ -246,7 +250,7 @@ def conv_block(kind: str):
         def block(c1, c2, k=3, s=1):
             return ConvBNAct(c1, c2, k, s, act=act, bias=True)
         return block
-    raise ValueError(f"unknown block kind {kind!r}; known: {', '.join(TRAINING_MODES)}")
+    raise ValueError(f"unknown YOLOv6 training_mode {kind!r}; known: {', '.join(TRAINING_MODES)}")
 
 
 class RepBlock(nn.Sequential):

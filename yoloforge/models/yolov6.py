@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .base import DetectionModel
-from .common import TRAINING_MODES, BepC3, ConvBNAct, RepBlock, SimConv, SimSPPF, SPPF, Transpose, conv_block
+from .common import BepC3, ConvBNAct, RepBlock, SimConv, SimSPPF, SPPF, Transpose, conv_block
 from .heads import dfl_expectation, distances_to_boxes, make_anchor_points
 from .registry import register
 
@@ -198,9 +198,6 @@ class YOLOv6(DetectionModel):
             raise ValueError(f"unknown YOLOv6 variant {variant!r}; known: {', '.join(VARIANTS)}")
         if "block" in overrides:  # the field's name before the RepOpt modes came
             overrides["training_mode"] = overrides.pop("block")
-        mode = overrides.get("training_mode", VARIANTS[variant].training_mode)
-        if mode not in TRAINING_MODES:
-            raise ValueError(f"unknown YOLOv6 training_mode {mode!r}; known: {', '.join(TRAINING_MODES)}")
         unknown = set(overrides) - set(asdict(VARIANTS[variant]))
         if unknown:
             raise ValueError(f"unknown YOLOv6 option(s) {sorted(unknown)}; known: {', '.join(asdict(VARIANTS[variant]))}")

@@ -41,7 +41,7 @@ class QuantReport:
     openvino: str = ""
     excluded: list = field(default_factory=list)  # fused-model module names kept in float
     calib_images: int = 0
-    # [name, score by `ranking`, score_err, box_err, mse, snr_db, cosine, map_drop], most sensitive first
+    # [name, value of `ranking` (as plotted), score_err, box_err, mse, snr_db, cosine, map_drop], most sensitive first
     sensitivity: list = field(default_factory=list)
     ranking: str = "output"
     map: dict = field(default_factory=dict)  # {"fp32": (mAP50-95, mAP50), "int8-onnxruntime": ..., ...}
@@ -50,10 +50,10 @@ class QuantReport:
         rows = [f"int8 model: {self.onnx}" + (f"\nOpenVINO IR: {self.openvino}" if self.openvino else ""),
                 f"calibration images: {self.calib_images}; kept in float: {', '.join(self.excluded) or 'none'}"]
         if self.sensitivity:
-            what = {"output": "output error", "mse": "MSE of its output", "snr": "-SNR (dB) of its output",
-                    "cosine": "-cosine of its output", "map": "mAP50-95 drop"}[self.ranking]
-            rows.append(f"most sensitive layers ({what} when quantized alone):")
-            rows += [f"  {n:<40} {s:.4f}" for n, s, *_ in self.sensitivity[:8]]
+            from yoloforge.quant.sensitivity import RANKINGS
+
+            rows.append(f"most sensitive layers ({RANKINGS[self.ranking]}):")
+            rows += [f"  {n:<40} {s:.4g}" for n, s, *_ in self.sensitivity[:8]]
         if self.map:
             rows.append(f"{'model':<22} {'mAP50-95':>9} {'mAP50':>7}")
             rows += [f"{k:<22} {v[0]:>9.4f} {v[1]:>7.4f}" for k, v in self.map.items()]
@@ -176,7 +176,7 @@ def quantize(weights: str | Path, data: str | Path, out_dir: str | Path | None =
 
         ev = _torch_map(det, data, imgsz, batch) if rank == "map" else None
         ranked = layer_sensitivity(model, batches[:8], verbose=verbose, evaluate=ev, rank=rank)
-        rep.sensitivity = [[s.name, s.score(rank), s.score_err, s.box_err, s.mse, s.snr_db, s.cosine, s.map_drop]
+        rep.sensitivity = [[s.name, s.shown(rank), s.score_err, s.box_err, s.mse, s.snr_db, s.cosine, s.map_drop]
                            for s in ranked]
         rep.ranking = rank
         skip_names += [s.name for s in ranked[:skip] if s.name not in skip_names]
@@ -239,9 +239,7 @@ def _write_sensitivity(ranked, out_dir: Path, rank: str = "output") -> None:
     (out_dir / "sensitivity.csv").write_text("\n".join(rows) + "\n")
     from yoloforge.utils.plots import plot_sensitivity
 
-    value, label = {"output": (lambda s: s.sensitivity, "relative output error when quantized alone (scores + boxes)"),
-                    "mse": (lambda s: s.mse, "MSE of the layer's output, quantized alone vs float"),
-                    "snr": (lambda s: s.snr_db, "SNR (dB) of the layer's output, quantized alone (low = sensitive)"),
-                    "cosine": (lambda s: 1 - s.cosine, "1 - cosine similarity of the layer's output, quantized alone"),
-                    "map": (lambda s: s.map_drop, "val mAP50-95 drop with the layer quantized alone")}[rank]
-    plot_sensitivity([s.name for s in ranked], [value(s) for s in ranked], out_dir / "sensitivity.png", xlabel=label)
+    from yoloforge.quant.sensitivity import RANKINGS
+
+    plot_sensitivity([s.name for s in ranked], [s.shown(rank) for s in ranked], out_dir / "sensitivity.png",
+                     xlabel=RANKINGS[rank])
