@@ -186,9 +186,17 @@ def cmd_quantize(a) -> int:
     from yoloforge.quant.ptq import quantize
 
     exclude = [n.strip() for n in a.exclude.split(",") if n.strip()]
-    rep = quantize(a.weights, a.data, out_dir=a.output, imgsz=a.imgsz, n_calib=a.calib, skip=a.skip,
-                   exclude=exclude, sensitivity=not a.no_sensitivity, openvino=not a.no_openvino,
-                   evaluate=not a.no_val, batch=a.batch, rank=a.sensitivity)
+    if a.method == "qat":
+        from yoloforge.quant.qat import quantize_qat
+
+        rep = quantize_qat(a.weights, a.data, out_dir=a.output, imgsz=a.imgsz, n_calib=a.calib, skip=a.skip,
+                           exclude=exclude, rank=a.sensitivity, epochs=a.epochs, distill=a.distill, scales=a.scales,
+                           batch=a.batch, workers=a.workers, openvino=not a.no_openvino, evaluate=not a.no_val,
+                           hyp_override=_kv(a.hyp_override, "--hyp-override"))
+    else:
+            rep = quantize(a.weights, a.data, out_dir=a.output, imgsz=a.imgsz, n_calib=a.calib, skip=a.skip,
+                       exclude=exclude, sensitivity=not a.no_sensitivity, openvino=not a.no_openvino,
+                       evaluate=not a.no_val, batch=a.batch, rank=a.sensitivity)
     print(rep.table())
     print(f"report: {Path(rep.onnx).parent / 'report.json'}; run it with: yoloforge predict --weights "
           f"{rep.openvino + '/model.xml' if rep.openvino else rep.onnx} --source ...")
@@ -285,8 +293,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim graph simplification")
     p.add_argument("--output", default=None, help="output path (default: beside the weights)")
 
-    p = sub.add_parser("quantize", help="int8 post-training quantization with a per-layer sensitivity report")
+    p = sub.add_parser("quantize", help="int8: post-training quantization with a per-layer sensitivity report, or "
+                                        "quantization-aware training (--method qat)")
     p.add_argument("--weights", required=True, help=".safetensors (or an official checkpoint)")
+    p.add_argument("--method", default="ptq", choices=["ptq", "qat"],
+                   help="ptq: calibrate and convert; qat: calibrate, then train with int8 simulated (YOLOv6 paper)")
+    p.add_argument("--epochs", type=int, default=10, help="QAT epochs (official: 10)")
+    p.add_argument("--distill", default="cwd", choices=["cwd", "none"],
+                   help="QAT: the fp32 model teaches (channel-wise distillation; YOLOv6 also its class/DFL terms)")
+    p.add_argument("--scales", default="", help="QAT of a RepOpt model: its hyper-search weights (default: from the "
+                                                "run's args.yaml)")
+    p.add_argument("--workers", type=int, default=2, help="QAT data loader processes")
+    p.add_argument("--hyp-override", action="append", default=[], help="QAT: key=value over the official QAT "
+                                                                         "recipe (lr0 1e-5, lrf 0.001, ...)")
     p.add_argument("--data", required=True, help="data yaml: calibration images from its train split, mAP on val")
     p.add_argument("--imgsz", type=int, default=None, help="input size (default: the training size)")
     p.add_argument("--calib", type=int, default=128, help="number of calibration images")
@@ -298,8 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "output, or the val mAP50-95 drop with the layer quantized alone (slow: one val per layer)")
     p.add_argument("--no-openvino", action="store_true", help="write the int8 ONNX only")
     p.add_argument("--no-val", action="store_true", help="do not measure fp32 vs int8 mAP on the val split")
-    p.add_argument("--batch", type=int, default=16, help="val batch size")
-    p.add_argument("--output", default=None, help="output directory (default: <weights stem>_int8/ beside them)")
+    p.add_argument("--batch", type=int, default=16, help="val batch size (and QAT's training batch)")
+    p.add_argument("--output", default=None, help="output directory (default: <weights stem>_int8/ or _qat/ beside "
+                                                  "them)")
 
     p = sub.add_parser("info", help="params and GFLOPs (train-time and deployed)")
     p.add_argument("--model", default="", help="registered model name")

@@ -45,9 +45,13 @@ class QuantReport:
     sensitivity: list = field(default_factory=list)
     ranking: str = "output"
     map: dict = field(default_factory=dict)  # {"fp32": (mAP50-95, mAP50), "int8-onnxruntime": ..., ...}
+    method: str = "ptq"  # or "qat"
+    distill: str = ""  # QAT: "cwd" (the fp32 model teaches) or "none"
+    weights: str = ""  # QAT: the trained quantization-aware .safetensors
 
     def table(self) -> str:
-        rows = [f"int8 model: {self.onnx}" + (f"\nOpenVINO IR: {self.openvino}" if self.openvino else ""),
+        rows = [f"int8 model ({self.method}{', distill ' + self.distill if self.distill else ''}): {self.onnx}"
+                + (f"\nOpenVINO IR: {self.openvino}" if self.openvino else ""),
                 f"calibration images: {self.calib_images}; kept in float: {', '.join(self.excluded) or 'none'}"]
         if self.sensitivity:
             from yoloforge.quant.sensitivity import RANKINGS
@@ -172,15 +176,7 @@ def quantize(weights: str | Path, data: str | Path, out_dir: str | Path | None =
     names = conv_node_names(fp32)
     skip_names = list(exclude)
     if sensitivity or skip:
-        from yoloforge.quant.sensitivity import layer_sensitivity
-
-        ev = _torch_map(det, data, imgsz, batch) if rank == "map" else None
-        ranked = layer_sensitivity(model, batches[:8], verbose=verbose, evaluate=ev, rank=rank)
-        rep.sensitivity = [[s.name, s.shown(rank), s.score_err, s.box_err, s.mse, s.snr_db, s.cosine, s.map_drop]
-                           for s in ranked]
-        rep.ranking = rank
-        skip_names += [s.name for s in ranked[:skip] if s.name not in skip_names]
-        _write_sensitivity(ranked, out_dir, rank)
+        skip_names = rank_layers(rep, det, model, data, batches, out_dir, skip, skip_names, rank, imgsz, batch, verbose)
     unknown = [n for n in skip_names if n not in names]
     if unknown:
         raise ValueError(f"--exclude: no convolution named {unknown[0]!r} in the fused model "
@@ -202,6 +198,21 @@ def quantize(weights: str | Path, data: str | Path, out_dir: str | Path | None =
                         f"(ranking in {out_dir / 'sensitivity.csv'})")
     (out_dir / "report.json").write_text(json.dumps(asdict(rep), indent=1))
     return rep
+
+
+def rank_layers(rep: QuantReport, det, fused, data, batches, out_dir: Path, skip: int, exclude: list[str], rank: str,
+                imgsz: int, batch: int, verbose: bool) -> list[str]:
+    """The per-layer sensitivity into ``rep`` and sensitivity.csv/png; returns ``exclude`` + the ``skip`` most
+    sensitive layers."""
+    from yoloforge.quant.sensitivity import layer_sensitivity
+
+    ev = _torch_map(det, data, imgsz, batch) if rank == "map" else None
+    ranked = layer_sensitivity(fused, batches[:8], verbose=verbose, evaluate=ev, rank=rank)
+    rep.sensitivity = [[s.name, s.shown(rank), s.score_err, s.box_err, s.mse, s.snr_db, s.cosine, s.map_drop]
+                       for s in ranked]
+    rep.ranking = rank
+    _write_sensitivity(ranked, out_dir, rank)
+    return list(exclude) + [s.name for s in ranked[:skip] if s.name not in exclude]
 
 
 def _compare_map(det, data, quantized, imgsz, batch) -> dict:

@@ -68,11 +68,16 @@ def fake_quant_activation(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor
     return (torch.clamp(torch.round(x / scale) + zp, 0, 255) - zp) * scale
 
 
+def weight_scales(w: torch.Tensor) -> torch.Tensor:
+    """Per output channel ``max |w| / 127`` (1 for an all-zero channel: any scale quantizes it exactly)."""
+    amax = w.detach().abs().flatten(1).amax(1)
+    return torch.where(amax > 0, amax / 127.0, torch.ones_like(amax)).float()
+
+
 def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
-    """int8 symmetric per-output-channel quantize-dequantize."""
-    amax = w.detach().abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, *([1] * (w.ndim - 1)))
-    scale = amax / 127.0
-    return torch.clamp(torch.round(w / scale), -127, 127) * scale
+    """int8 symmetric per-output-channel quantize-dequantize (straight-through gradient, as QAT trains it)."""
+    zp = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
+    return torch.fake_quantize_per_channel_affine(w.float(), weight_scales(w), zp, 0, -128, 127).to(w.dtype)
 
 
 def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:

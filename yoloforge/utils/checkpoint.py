@@ -89,6 +89,8 @@ def save_weights(path: str | Path, model: torch.nn.Module, meta: dict[str, Any])
     meta = dict(meta, format_version=FORMAT_VERSION)
     meta.setdefault("model", getattr(model, "name", ""))
     meta.setdefault("build_kwargs", getattr(model, "build_kwargs", {}))
+    if getattr(model, "qat", None) is not None:  # quantization-aware: load_model rebuilds its QAT form
+        meta.setdefault("qat", model.qat)
     tensors = _plain_state(model.state_dict())
     meta["content_sha256"] = tensors_sha256(tensors)
     return atomic_write(path, lambda p: save_file(tensors, p, metadata={"yoloforge": json.dumps(meta)}))
@@ -140,6 +142,10 @@ def load_model(path: str | Path, cfg: str | Path | None = None):
         return model, meta
     state, meta = read_weights(path)
     model = build_model(meta["model"], **meta.get("build_kwargs", {}))
+    if meta.get("qat") is not None:  # quantization-aware weights: the QAT form first (merged blocks, quantizers)
+        from yoloforge.quant.qat import prepare
+
+        model = prepare(model, meta["qat"].get("excluded", ()))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit {meta['model']} "

@@ -1,0 +1,118 @@
+"""Quantization-aware training: the QAT form of a model, its calibration, the straight-through gradient, the
+explicit QDQ export that ONNX Runtime runs as the torch simulation computes, and `yoloforge quantize --method qat`
+end to end (YOLOv6 with the official distillation loss, YOLOv7 with channel-wise distillation)."""
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import randomize_bn
+from yoloforge.cli import main
+from yoloforge.models.registry import build_model
+from yoloforge.quant import qat
+from yoloforge.utils.checkpoint import load_model, save_weights
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+@torch.no_grad()
+def _random(name: str, nc: int = 4, seed: int = 0):
+    torch.manual_seed(seed)
+    m = build_model(name, nc=nc)
+    randomize_bn(m, torch.Generator().manual_seed(seed))
+    if hasattr(m.head, "cls_preds"):  # YOLOv6 starts with zero predictor weights: its output would be constant
+        for conv in [*m.head.cls_preds, *m.head.reg_preds]:
+            conv.weight.copy_(torch.randn(conv.weight.shape) * 0.05)
+            conv.bias.fill_(1.0)
+    m.names = ["circle", "rectangle", "triangle", "cross"][:nc]
+    return m.eval()
+
+
+def _batches(n=3, h=64, w=96):
+    return [torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(i)).numpy() for i in range(n)]
+
+
+def test_fake_quant_is_int8_with_a_straight_through_gradient():
+    fq = qat.FakeQuant()
+    fq.calibrating = True
+    fq(torch.tensor([-0.5, 1.27]))
+    fq.calibrating = False
+    assert float(fq.amax) == pytest.approx(1.27)
+    x = torch.tensor([-2.0, -0.5, 0.004, 0.3, 1.27, 3.0], requires_grad=True)
+    y = fq(x)
+    step = 1.27 / 127
+    assert torch.allclose(y, torch.clamp(torch.round(x.detach() / step), -128, 127) * step)
+    y.sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 0.0]  # zero outside [-amax, amax] (clamped), else 1
+
+
+@pytest.mark.parametrize("name", ["yolov6n", "yolov7-tiny"])
+def test_qat_form_calibration_and_qdq_export_agree(name, tmp_path):
+    m = _random(name)
+    ref = copy.deepcopy(m).fuse().eval()
+    q = qat.prepare(copy.deepcopy(m))
+    assert not any(type(c) is torch.nn.Conv2d for c in q.modules())  # every conv quantized
+    assert any(isinstance(c, torch.nn.BatchNorm2d) for c in q.modules())  # conv + BN pairs keep their BN
+    if name == "yolov6n":  # RepVGG blocks are merged: int8 sees the deployed 3x3 convolutions
+        assert all(b.reparam is not None for b in q.modules() if type(b).__name__ == "RepVGGBlock")
+    batches = _batches()
+    groups = qat.calibrate(q, batches)
+    qs = qat.quantizers(q)
+    assert all(float(v.amax) > 0 for v in qs.values())
+    assert groups and all(len({float(qs[n].amax) for n in g}) == 1 for g in groups.values())  # one scale per tensor
+    x = torch.from_numpy(batches[0])
+    with torch.no_grad():
+        yq = q.eval()(x)
+        qat.set_quant(q, False)
+        yf = q(x)
+        qat.set_quant(q, True)
+        y_ref = ref(x)
+    assert torch.allclose(yf, y_ref, rtol=1e-4, atol=1e-3)  # quantizers off: the float model
+    assert 0 < float((yq - y_ref).abs().max()) < 0.05 * float(y_ref.abs().max())  # int8: close, not equal
+    out = qat.export_qdq(q, tmp_path, 96, m.names)
+    proto = onnx.load(str(out))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("QuantizeLinear") == len(qs) - sum(len(g) - 1 for g in groups.values())  # one per tensor
+    assert ops.count("Conv") == len(qs)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    img = np.zeros((1, 3, 96, 96), np.float32)
+    img[:, :, :64] = batches[0]
+    got = sess.run(None, {sess.get_inputs()[0].name: img})[0]
+    with torch.no_grad():
+        want = copy.deepcopy(q).fuse().eval()(torch.from_numpy(img)).numpy()
+    assert np.abs(got[..., 4:] - want[..., 4:]).max() < 0.02  # scores: int8 kernels vs the torch simulation
+    assert np.abs(got[..., :4] - want[..., :4]).max() < 0.02 * np.abs(want[..., :4]).max()
+
+
+def test_qat_weights_reload_in_their_qat_form(tmp_path):
+    q = qat.prepare(_random("yolov6n"), exclude=["head.cls_preds.0"])
+    qat.calibrate(q, _batches(1))
+    w = save_weights(tmp_path / "q.safetensors", q, {"names": q.names, "imgsz": 96})
+    back = load_model(w)[0].eval()
+    assert back.qat == {"excluded": ["head.cls_preds.0"]} and type(back.head.cls_preds[0]) is torch.nn.Conv2d
+    assert torch.equal(back.head.cls_preds[1].in_q.amax, q.head.cls_preds[1].in_q.amax)
+    x = torch.from_numpy(_batches(1)[0])
+    with torch.no_grad():
+        assert torch.equal(back(x), q.eval()(x))
+    with pytest.raises(ValueError, match="no convolution named 'nope'"):
+        qat.prepare(_random("yolov6n"), exclude=["nope"])
+
+
+@pytest.mark.parametrize("name", ["yolov6n", "yolov7-tiny"])
+def test_quantize_method_qat_end_to_end(name, tiny_data, tmp_path):
+    m = _random(name)
+    w = save_weights(tmp_path / "fp32.safetensors", m, {"names": m.names, "imgsz": 64})
+    out = tmp_path / "qat"
+    assert main(["quantize", "--method", "qat", "--weights", str(w), "--data", str(tiny_data), "--epochs", "1",
+                 "--imgsz", "64", "--batch", "8", "--calib", "4", "--workers", "0", "--no-openvino",
+                 "--output", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert set(rep["map"]) >= {"fp32", "qat-onnxruntime"} and rep["method"] == "qat" and rep["distill"] == "cwd"
+    rows = (out / "qat_train" / "results.csv").read_text().splitlines()
+    assert "train/cwd_loss" in rows[0] and len(rows) == 2  # the distillation term, one epoch
+    qmodel = load_model(out / "qat_train" / "weights" / "best.safetensors")[0]
+    assert any(isinstance(c, qat.QuantConv2d) for c in qmodel.modules())
+    assert onnx.load(rep["onnx"]).graph.node  # the QDQ model is there and readable

@@ -1,0 +1,425 @@
+"""Quantization-aware training (``yoloforge quantize --method qat``), YOLOv6 paper sec. 2.5 / meituan/YOLOv6
+tools/qat (facts in ../shared/FACTS.md sec. 6; the code here is written for yoloforge).
+
+1. :func:`prepare`: the model in its QAT form. Re-parameterizable blocks (RepVGG, hyper-search), implicit knowledge
+   and DropBlock are merged first -- int8 must see the convolutions that will be deployed -- while a conv followed by
+   its own BatchNorm keeps the BN unfolded (it trains; folded at export: with per-output-channel symmetric weight
+   scales the fold commutes with the weight quantization, so nothing changes). Every ``nn.Conv2d`` not excluded
+   becomes a :class:`QuantConv2d`: int8 fake quantization of its input (per tensor, symmetric, ``scale = amax/127``,
+   zero point 0) and of its weights (per output channel, symmetric, ``amax`` = the channel's max ``|w|``);
+   straight-through estimator, gradient 0 outside ``[-amax, amax]`` (torch's ``fake_quantize_*`` ops). These are the
+   places the exported int8 graph quantizes (Conv inputs and weights, as ``yoloforge quantize``'s PTQ).
+2. :func:`calibrate`: the activation ``amax`` of every quantizer = the largest ``|x|`` over the calibration
+   images (the official "max" calibration of N/T); quantizers that read the same tensor are set to one shared
+   value (the official graph optimization: one scale per tensor, so the QDQ graph quantizes it once). A
+   concatenation's operands are quantized only as the concatenated tensor at the convolution that reads it, so
+   they share that one scale by construction.
+3. training: :class:`yoloforge.engine.trainer.Trainer` on the prepared model, with the official QAT recipe
+   (configs/repopt/yolov6s_opt_qat.py: 10 epochs, SGD lr0 1e-5, lrf 0.001, momentum 0.937, weight decay 5e-5,
+   cosine, no warm-up as engine.py does under ``--quant``, mixup 0); RepOpt models keep their RepOptimizer.
+   ``distill="cwd"``: the fp32 model is the teacher -- YOLOv6: the official distillation loss (class KL at T 20,
+   DFL KL, channel-wise distillation of the neck maps, cosine decay); YOLOv7 / Scaled-YOLOv4: channel-wise
+   distillation of the maps their output convolutions read (weight 10, T 1, the same decay).
+4. :func:`export_qdq`: the trained model fused (BN folded, quantizers kept) and exported to ONNX, then explicit
+   QuantizeLinear / DequantizeLinear pairs written for every quantized Conv: input int8 at the trained scale,
+   weights int8 per channel, bias int32 at ``input_scale * weight_scale`` -- the form ONNX Runtime and OpenVINO run
+   with int8 kernels (and TensorRT builds from).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from yoloforge.quant.sensitivity import conv_layers, fake_quant_weight
+from yoloforge.utils.logging import get_logger
+
+LOG = get_logger()
+QMIN, QMAX = -128, 127
+
+# the official QAT solver (configs/repopt/yolov6s_opt_qat.py) with engine.py's warm-up of 0 under --quant
+QAT_HYP = dict(lr0=1e-5, lrf=0.001, momentum=0.937, weight_decay=5e-5, warmup_epochs=0.0, warmup_min_iters=0,
+               mixup=0.0, cos_lr=True)
+
+
+class FakeQuant(nn.Module):
+    """Per-tensor symmetric int8 fake quantization; ``amax`` is a buffer set by calibration (0: pass through)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("amax", torch.zeros(()))
+        self.calibrating = False
+        self.enabled = True
+
+    def scale(self) -> torch.Tensor:
+        return (self.amax / QMAX).clamp_min(1e-12).float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.calibrating:
+            self.amax.copy_(torch.maximum(self.amax, x.detach().abs().max().to(self.amax)))
+            return x
+        if not self.enabled or float(self.amax) <= 0:
+            return x
+        zp = torch.zeros((), dtype=torch.int32, device=x.device)
+        return torch.fake_quantize_per_tensor_affine(x.float(), self.scale().to(x.device), zp, QMIN, QMAX).to(x.dtype)
+
+
+class QuantConv2d(nn.Conv2d):
+    """``nn.Conv2d`` with int8 fake quantization of its input (``in_q``) and weights (see the module docstring)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.in_q = FakeQuant()
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, in_q: FakeQuant | None = None) -> "QuantConv2d":
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode, device="meta")
+        q.weight, q.bias = conv.weight, conv.bias  # the same parameters (nothing to initialize)
+        q.in_q = FakeQuant().to(conv.weight.device) if in_q is None else in_q
+        return q
+
+    def adopt(self, folded: nn.Conv2d) -> "QuantConv2d":
+        """The conv that BN folding made of this one, quantized as this one (``fuse_conv_bn`` calls it)."""
+        return QuantConv2d.from_conv(folded, self.in_q)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.in_q(x)
+        w = fake_quant_weight(self.weight) if self.in_q.enabled and not self.in_q.calibrating else self.weight
+        return self._conv_forward(x, w, self.bias)
+
+
+def _merge_blocks(model: nn.Module) -> None:
+    """Deploy-time merges that int8 must see (see the module docstring), BN after a plain conv kept."""
+    from yoloforge.models.base import DetectionModel
+    from yoloforge.models.common import ConvBNAct
+
+    for m in list(model.modules()):
+        if m is model or isinstance(m, (DetectionModel, ConvBNAct)) or not callable(getattr(m, "fuse", None)):
+            continue
+        m.fuse()
+
+
+def prepare(model: nn.Module, exclude=()) -> nn.Module:
+    """The QAT form of ``model`` (in place; returns it). ``exclude``: conv module names (of the prepared model, as
+    in sensitivity.csv) kept in float."""
+    if getattr(model, "fused", False):
+        raise ValueError(f"{getattr(model, 'name', 'model')}: QAT needs the unfused training weights")
+    _merge_blocks(model)
+    convs = conv_layers(model)
+    unknown = [n for n in exclude if n not in convs]
+    if unknown:
+        raise ValueError(f"--exclude: no convolution named {unknown[0]!r} in {model.name} "
+                         f"(names look like {next(iter(convs), '?')!r})")
+    for name, conv in convs.items():
+        if name in exclude or isinstance(conv, QuantConv2d):
+            continue
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, QuantConv2d.from_conv(conv))
+    model.qat = {"excluded": list(exclude)}  # kept in the weights' metadata: load_model prepares again
+    return model
+
+
+def quantizers(model: nn.Module) -> dict[str, FakeQuant]:
+    return {n: m.in_q for n, m in model.named_modules() if isinstance(m, QuantConv2d)}
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: list[np.ndarray], device="cpu") -> dict[str, list[str]]:
+    """Set every input quantizer's ``amax`` (max over ``batches``), one shared value per tensor; returns the groups
+    of quantizers that read one tensor (two or more)."""
+    qs = quantizers(model)
+    readers: dict[tuple, list[str]] = {}
+    hooks = []
+    for name, conv in model.named_modules():
+        if isinstance(conv, QuantConv2d):
+            def seen(mod, args, name=name):
+                x = args[0]  # kept alive through the pass: a freed tensor's address could be reused
+                readers.setdefault((x.data_ptr(), tuple(x.shape)), (x, []))[1].append(name)
+            hooks.append(conv.register_forward_pre_hook(seen))
+    was_training = model.training
+    model.eval()
+    for q in qs.values():
+        q.amax.zero_()
+        q.calibrating = True
+    try:
+        for i, b in enumerate(batches):
+            model(torch.from_numpy(np.ascontiguousarray(b)).to(device))
+            if i == 0:
+                for h in hooks:
+                    h.remove()
+                hooks = []
+    finally:
+        for h in hooks:
+            h.remove()
+        for q in qs.values():
+            q.calibrating = False
+        model.train(was_training)
+    groups = {names[0]: names for _, names in readers.values() if len(names) > 1}
+    readers.clear()
+    for names in groups.values():
+        shared = max(float(qs[n].amax) for n in names)
+        for n in names:
+            qs[n].amax.fill_(shared)
+    return groups
+
+
+def set_quant(model: nn.Module, enabled: bool) -> None:
+    for q in quantizers(model).values():
+        q.enabled = enabled
+
+
+class NeckTap:
+    """The maps a model's output convolutions read (YOLOv6: the head's input; anchor heads: each output conv's
+    input), captured at every forward: the channel-wise distillation's features for every family."""
+
+    def __init__(self, model: nn.Module):
+        from yoloforge.models.anchor_head import AnchorHead
+
+        self.maps: list[torch.Tensor] = []
+        head = getattr(model, "head", None)
+        self._hooks = [model.register_forward_pre_hook(lambda m, a: self.maps.clear())]
+        if isinstance(head, AnchorHead):
+            for conv in head.m:
+                self._hooks.append(conv.register_forward_pre_hook(lambda m, a: self.maps.append(a[0])))
+        elif head is not None:
+            self._hooks.append(head.register_forward_pre_hook(lambda m, a: self.maps.extend(a[0])))
+        else:
+            raise ValueError(f"{getattr(model, 'name', 'model')}: no head to take the neck maps from")
+
+
+class ChannelWiseLoss:
+    """``base`` loss + channel-wise distillation of the neck maps (:class:`NeckTap`) against a teacher's, with
+    weight ``cwd_weight`` (official 10) times the cosine decay; items: the base's, then ``cwd``."""
+
+    needs_teacher = True
+
+    def __init__(self, base, student_tap: NeckTap, teacher_tap: NeckTap, epochs: int, cwd_weight: float = 10.0):
+        self.base, self.s_tap, self.t_tap = base, student_tap, teacher_tap
+        self.epochs, self.cwd_weight = int(epochs), float(cwd_weight)
+        self.names = tuple(getattr(base, "names", ())) + ("cwd",)
+
+    def __call__(self, outputs, targets, epoch: int, teacher_outputs):
+        from yoloforge.losses.yolov6_distill import channel_wise, distill_decay
+
+        loss, items = self.base(outputs, targets, epoch)
+        cwd = self.cwd_weight * distill_decay(epoch, self.epochs) * channel_wise(self.s_tap.maps, self.t_tap.maps)
+        # the anchor losses return their items' sum times the batch size: the term joins the items in their units
+        k = (loss.detach() / items.sum().clamp_min(1e-12)) if float(items.sum()) > 0 else 1.0
+        return loss + cwd * k, torch.cat((items, cwd.detach().view(1).to(items.dtype)))
+
+
+def qdq_onnx(fp32_onnx: str | Path, out_path: str | Path, act_amax: dict[str, float], meta: dict | None = None) -> Path:
+    """Write explicit QDQ into an exported fp32 ONNX: for each Conv of a module in ``act_amax`` (fused-model module
+    name -> input amax), int8 input at ``amax/127``, int8 per-channel weights (max scaling) and int32 bias."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from yoloforge.export.onnx import atomic_write, read_onnx_meta, set_meta
+    from yoloforge.quant.ptq import conv_node_names
+
+    nodes = conv_node_names(fp32_onnx)
+    missing = [n for n in act_amax if n not in nodes]
+    if missing:
+        raise ValueError(f"{fp32_onnx}: no Conv for the quantized module {missing[0]!r}")
+    md = dict(read_onnx_meta(fp32_onnx), **(meta or {}))
+    proto = onnx.load(str(fp32_onnx))
+    g = proto.graph
+    inits = {t.name: t for t in g.initializer}
+    by_name = {n.name: n for n in g.node}
+    new_inits, pairs, seen_inputs = [], {}, {}
+    for module, amax in act_amax.items():
+        node = by_name[nodes[module]]
+        x_scale = np.float32(max(amax, 1e-12) / QMAX)
+        key = (node.input[0], float(x_scale))
+        if key not in seen_inputs:  # one Q/DQ pair per (tensor, scale)
+            k = len(seen_inputs)
+            s_name, z_name, q_name, dq_name = f"qat_x{k}_scale", f"qat_x{k}_zp", f"qat_x{k}_q", f"qat_x{k}_dq"
+            new_inits += [numpy_helper.from_array(np.array(x_scale, np.float32), s_name),
+                          numpy_helper.from_array(np.array(0, np.int8), z_name)]
+            pairs.setdefault(node.input[0], []).append(
+                (helper.make_node("QuantizeLinear", [node.input[0], s_name, z_name], [q_name], name=q_name),
+                 helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_name], name=dq_name)))
+            seen_inputs[key] = dq_name
+        node.input[0] = seen_inputs[key]
+        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        amax_w = np.abs(w.reshape(w.shape[0], -1)).max(1)
+        w_scale = np.where(amax_w > 0, amax_w / QMAX, 1.0).astype(np.float32)
+        wq = np.clip(np.rint(w / w_scale.reshape(-1, 1, 1, 1)), QMIN, QMAX).astype(np.int8)
+        base = f"{node.name}_w"  # per node: the exporter may share one initializer between convs
+        new_inits += [numpy_helper.from_array(wq, base + "_int8"), numpy_helper.from_array(w_scale, base + "_scale"),
+                      numpy_helper.from_array(np.zeros(w.shape[0], np.int8), base + "_zp")]
+        deq = [helper.make_node("DequantizeLinear", [base + "_int8", base + "_scale", base + "_zp"], [base + "_dq"],
+                                name=base + "_dq", axis=0)]
+        node.input[1] = base + "_dq"
+        if len(node.input) > 2 and node.input[2]:
+            b = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
+            b_scale = (np.float64(x_scale) * w_scale).astype(np.float32)
+            bq = np.clip(np.rint(b / b_scale), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
+            bn = f"{node.name}_b"
+            new_inits += [numpy_helper.from_array(bq, bn + "_int32"), numpy_helper.from_array(b_scale, bn + "_scale"),
+                          numpy_helper.from_array(np.zeros(w.shape[0], np.int32), bn + "_zp")]
+            deq.append(helper.make_node("DequantizeLinear", [bn + "_int32", bn + "_scale", bn + "_zp"], [bn + "_dq"],
+                                        name=bn + "_dq", axis=0))
+            node.input[2] = bn + "_dq"
+        pairs.setdefault(("weights", node.name), []).append(tuple(deq))
+    order = _topological(list(g.node) + [n for groups in pairs.values() for grp in groups for n in grp],
+                         {i.name for i in g.input} | set(inits) | {t.name for t in new_inits})
+    used = {i for n in order for i in n.input}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.node[:]
+    g.node.extend(order)
+    del g.initializer[:]
+    g.initializer.extend(keep + new_inits)
+    onnx.checker.check_model(proto)
+    set_meta(proto, dict(md, int8=True, qat=True, int8_quantized_layers=len(act_amax)))
+    return atomic_write(Path(out_path), lambda p: onnx.save(proto, p))
+
+
+def _topological(nodes: list, available: set[str]) -> list:
+    """``nodes`` ordered so that every input is produced before it is read (ONNX requires it)."""
+    ready, order, pending = set(available) | {""}, [], list(nodes)
+    while pending:
+        rest = [n for n in pending if not all(i in ready for i in n.input)]
+        done = [n for n in pending if all(i in ready for i in n.input)]
+        if not done:
+            raise ValueError(f"QDQ graph: node {rest[0].name} reads a tensor nothing produces")
+        for n in done:
+            ready.update(n.output)
+        order += done
+        pending = rest
+    return order
+
+
+def export_qdq(model: nn.Module, out_dir: str | Path, imgsz: int, names, meta: dict | None = None) -> Path:
+    """The QAT model (prepared, trained) -> ``out_dir/model_qat_int8.onnx`` (explicit QDQ)."""
+    from yoloforge.export.onnx import export_onnx
+
+    out_dir = Path(out_dir)
+    fused = copy.deepcopy(model).cpu().fuse().eval()
+    amax = {n: float(q.amax) for n, q in quantizers(fused).items() if float(q.amax) > 0}
+    set_quant(fused, False)
+    fp32 = export_onnx(fused, out_dir / "model_qat_fp32.onnx", imgsz=imgsz, dynamic=True, names=names, meta=meta)
+    return qdq_onnx(fp32, out_dir / "model_qat_int8.onnx", amax, meta)
+
+
+def _qat_trainer_cls():
+    from yoloforge.engine.trainer import Trainer, TrainingError
+    from yoloforge.utils import checkpoint as ckpt
+
+    class QATTrainer(Trainer):
+        """The trainer with the fp32 model as teacher of every family (channel-wise distillation)."""
+
+        def _build_teacher(self):
+            if getattr(self.model, "family", "") == "yolov6":
+                return super()._build_teacher()  # the official distillation loss (class, DFL, CWD)
+            from yoloforge.losses.yolov6_distill import prepare_teacher
+
+            teacher = ckpt.load_model(self.cfg.teacher)[0]
+            if getattr(teacher, "fused", False):
+                raise TrainingError(f"--teacher {self.cfg.teacher}: a fused (deploy) model; use the unfused weights")
+            teacher = prepare_teacher(teacher.to(self.device), str(self.hyp.get("distill_teacher_bn", "batch")))
+            self.loss_fn = ChannelWiseLoss(self.loss_fn, NeckTap(self.model), NeckTap(teacher), self.cfg.epochs,
+                                           float(self.hyp.get("distill_cwd", 10.0)))
+            if self.main:
+                LOG.info(f"QAT with channel-wise distillation of the neck maps from {self.cfg.teacher}")
+            return teacher
+
+    return QATTrainer
+
+
+def qat(weights: str | Path, data: str | Path, out_dir: str | Path, epochs: int = 10, imgsz: int | None = None,
+        batch: int = 16, workers: int = 2, distill: str = "cwd", n_calib: int = 128, exclude=(), scales: str = "",
+        hyp_override: dict | None = None, seed: int = 0, device: str = "", verbose: bool = True) -> tuple[Path, Path]:
+    """Calibrate, train and export (module docstring); returns (QAT weights ``.safetensors``, QDQ ``.onnx``)."""
+    from yoloforge.api import Detector
+    from yoloforge.config import TrainConfig
+    from yoloforge.export.runtime import max_stride
+    from yoloforge.quant.ptq import calibration_batches
+    from yoloforge.utils import checkpoint as ckpt
+
+    if distill not in ("cwd", "none"):
+        raise ValueError(f"--distill {distill!r}: cwd (the fp32 model teaches, official) or none")
+    weights = Path(weights)
+    det = Detector(str(weights))
+    if det.model is None or getattr(det.model, "fused", False):
+        raise ValueError(f"{weights}: QAT needs the unfused training weights (.safetensors or an official checkpoint)")
+    imgsz = int(imgsz or det.imgsz)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = prepare(copy.deepcopy(det.model).cpu(), exclude)
+    batches = calibration_batches(data, imgsz, n_calib, stride=max_stride(model), verbose=verbose)
+    groups = calibrate(model, batches)
+    if verbose:
+        LOG.info(f"QAT: {len(quantizers(model))} quantized convolutions calibrated on {len(batches)} images "
+                 f"({len(groups)} tensors read by several of them share one scale)")
+    if not scales and getattr(getattr(model, "spec", None), "training_mode", "") == "repopt":
+        scales = _run_scales(weights)
+    cfg = TrainConfig(model=model.name, data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, nbs=batch,
+                      workers=workers, project=str(out_dir), name="qat_train", exist_ok=True, seed=seed, device=device,
+                      hyp_override=dict(QAT_HYP, **({"atss_warmup_epochs": 0} if model.family == "yolov6" else {}),
+                                        **(hyp_override or {})), plots=False, verbose=verbose,
+                      tensorboard=False, scales=scales, teacher=str(weights) if distill == "cwd" else "",
+                      distill=distill == "cwd", distill_feat=distill == "cwd")
+    trainer = _qat_trainer_cls()(cfg, model=model)
+    best = trainer.train()
+    qmodel = ckpt.load_model(best)[0]
+    onnx_path = export_qdq(qmodel, out_dir, imgsz, det.names, meta={"source_weights": weights.name,
+                                                                     "calib_images": len(batches)})
+    return best, onnx_path
+
+
+def _run_scales(weights: Path) -> str:
+    """The ``--scales`` a RepOpt run was trained with (its args.yaml), for the QAT RepOptimizer's masks."""
+    import yaml
+
+    args = weights.parent.parent / "args.yaml"
+    if args.is_file():
+        s = (yaml.safe_load(args.read_text()) or {}).get("cfg", {}).get("scales", "")
+        if s and Path(s).is_file():
+            return s
+    raise ValueError(f"{weights}: a RepOpt model trains with its RepOptimizer during QAT; pass --scales (the "
+                     f"hyper-search weights it was trained with)")
+
+
+def quantize_qat(weights: str | Path, data: str | Path, out_dir: str | Path | None = None, imgsz: int | None = None,
+                 n_calib: int = 128, skip: int = 0, exclude=(), rank: str = "output", epochs: int = 10,
+                 distill: str = "cwd", scales: str = "", batch: int = 16, workers: int = 2, openvino: bool = True,
+                 evaluate: bool = True, hyp_override: dict | None = None, verbose: bool = True):
+    """``yoloforge quantize --method qat``: optional sensitivity ranking (``--skip K`` layers stay float), QAT,
+    the QDQ ONNX (+ OpenVINO IR) and the mAP of fp32 vs the int8 model; ``report.json``; returns a QuantReport."""
+    import json
+    from dataclasses import asdict
+
+    from yoloforge.api import Detector
+    from yoloforge.export.runtime import max_stride
+    from yoloforge.quant.ptq import QuantReport, _compare_map, calibration_batches, rank_layers
+
+    weights = Path(weights)
+    out_dir = Path(out_dir) if out_dir else weights.parent / f"{weights.stem}_qat"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rep = QuantReport(method="qat", distill=distill)
+    excluded = list(exclude)
+    det = Detector(str(weights))
+    if skip:
+        fused = det._deploy_model().cpu()
+        size = int(imgsz or det.imgsz)
+        batches = calibration_batches(data, size, n_calib, stride=max_stride(fused), verbose=False)
+        excluded = rank_layers(rep, det, fused, data, batches, out_dir, skip, excluded, rank, size, batch, verbose)
+    best, onnx_path = qat(weights, data, out_dir, epochs=epochs, imgsz=imgsz, batch=batch, workers=workers,
+                          distill=distill, n_calib=n_calib, exclude=excluded, scales=scales, hyp_override=hyp_override,
+                          verbose=verbose)
+    rep.weights, rep.onnx, rep.excluded, rep.calib_images = str(best), str(onnx_path), excluded, n_calib
+    if openvino:
+        from yoloforge.export.openvino import onnx_to_openvino
+
+        rep.openvino = str(onnx_to_openvino(onnx_path, out_dir / "model_qat_int8_openvino"))
+    if evaluate:
+        size = int(imgsz or det.imgsz)
+        rep.map = _compare_map(det, data, [("qat-onnxruntime", onnx_path)]
+                               + ([("qat-openvino", Path(rep.openvino))] if rep.openvino else []), size, batch)
+    (out_dir / "report.json").write_text(json.dumps(asdict(rep), indent=1))
+    return rep
