@@ -116,3 +116,19 @@ def test_quantize_method_qat_end_to_end(name, tiny_data, tmp_path):
     qmodel = load_model(out / "qat_train" / "weights" / "best.safetensors")[0]
     assert any(isinstance(c, qat.QuantConv2d) for c in qmodel.modules())
     assert onnx.load(rep["onnx"]).graph.node  # the QDQ model is there and readable
+
+
+@pytest.mark.slow  # ~1-3 min: the mAP-drop ranking validates once per layer (56 of them)
+def test_quantize_method_compare_gives_every_row(tiny_data, tmp_path, capsys):
+    m = _random("yolov6n")
+    w = save_weights(tmp_path / "fp32.safetensors", m, {"names": m.names, "imgsz": 64})
+    out = tmp_path / "cmp"
+    assert main(["quantize", "--method", "compare", "--weights", str(w), "--data", str(tiny_data), "--epochs", "1",
+                 "--imgsz", "64", "--batch", "8", "--calib", "4", "--workers", "0", "--skip", "2", "--no-openvino",
+                 "--output", str(out)]) == 0
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["fp32", "PTQ", "PTQ + skip 2 (output error)", "PTQ + skip 2 (mAP drop)",
+                                          "QAT", "QAT + CWD"]
+    assert all(0 <= r["mAP50-95 onnxruntime"] <= 1 and r["ms onnxruntime"] > 0 for r in rows)
+    assert rows[1]["kept_in_float"] == "" and len(rows[2]["kept_in_float"].split(",")) == 2
+    assert "QAT + CWD" in capsys.readouterr().out

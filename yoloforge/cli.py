@@ -186,6 +186,14 @@ def cmd_quantize(a) -> int:
     from yoloforge.quant.ptq import quantize
 
     exclude = [n.strip() for n in a.exclude.split(",") if n.strip()]
+    if a.method == "compare":
+        from yoloforge.quant.compare import compare, table
+
+        rows = compare(a.weights, a.data, out_dir=a.output, imgsz=a.imgsz, n_calib=a.calib, skip=a.skip or 3,
+                       epochs=a.epochs, scales=a.scales, batch=a.batch, workers=a.workers,
+                       openvino=not a.no_openvino, hyp_override=_kv(a.hyp_override, "--hyp-override"))
+        print(table(rows))
+        return 0
     if a.method == "qat":
         from yoloforge.quant.qat import quantize_qat
 
@@ -296,8 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="int8: post-training quantization with a per-layer sensitivity report, or "
                                         "quantization-aware training (--method qat)")
     p.add_argument("--weights", required=True, help=".safetensors (or an official checkpoint)")
-    p.add_argument("--method", default="ptq", choices=["ptq", "qat"],
-                   help="ptq: calibrate and convert; qat: calibrate, then train with int8 simulated (YOLOv6 paper)")
+    p.add_argument("--method", default="ptq", choices=["ptq", "qat", "compare"],
+                   help="ptq: calibrate and convert; qat: calibrate, then train with int8 simulated (YOLOv6 paper); "
+                        "compare: fp32, PTQ, PTQ + skip K (two rankings), QAT, QAT + CWD in one table (mAP, latency)")
     p.add_argument("--epochs", type=int, default=10, help="QAT epochs (official: 10)")
     p.add_argument("--distill", default="cwd", choices=["cwd", "none"],
                    help="QAT: the fp32 model teaches (channel-wise distillation; YOLOv6 also its class/DFL terms)")
