@@ -39,6 +39,8 @@ TRAIN_HELP = {  # the meaning of every TrainConfig field, shown by `yoloforge tr
     "patience": "stop after this many validations without improvement; 0: never",
     "sync_bn": "synchronized BatchNorm across DDP processes",
     "cache": "'ram' keeps the resized images in memory (refused if they do not fit); empty: read from disk",
+    "threads": "torch threads on a CPU; 0: the cores other processes leave free, checked every epoch (a shared "
+               "machine slows training in proportion instead of 5-10x); OMP_NUM_THREADS or --deterministic: fixed",
     "save_period": "also keep weights/epochN.safetensors every N epochs; 0: only last and best",
     "conf": "confidence threshold of the validation NMS",
     "iou": "IoU threshold of the validation NMS",

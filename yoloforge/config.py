@@ -234,6 +234,7 @@ class TrainConfig:
     batch: int = 16
     nbs: int = 64  # nominal batch size: gradients accumulate up to it
     workers: int = 2
+    threads: int = 0  # torch intra-op threads on CPU; 0 = the cores other processes leave free, checked every epoch
     device: str = ""  # "" = cuda:LOCAL_RANK if available else cpu
     weights: str = ""  # start from these weights (yoloforge .safetensors)
     project: str = "runs/train"
@@ -271,6 +272,7 @@ class TrainConfig:
             "batch": self.batch >= 1,
             "nbs": self.nbs >= 1,
             "workers": self.workers >= 0,
+            "threads": self.threads >= 0,
             "val_interval": self.val_interval >= 1,
             "close_mosaic": self.close_mosaic >= -1,
             "patience": self.patience >= 0,

@@ -122,6 +122,7 @@ class Trainer:
         if cfg.data and Path(cfg.data).exists():
             cfg.data = str(Path(cfg.data).resolve())  # the state keeps an absolute path: resume works from anywhere
         self.device = ddp.setup(cfg.device)
+        self._set_threads()
         self.rank, self.world = ddp.rank(), ddp.world_size()
         self.main = self.rank == 0
         seed_everything(cfg.seed + self.rank, cfg.deterministic)
@@ -212,6 +213,35 @@ class Trainer:
             if cfg.sync_bn:
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.model = ddp.wrap(self.model, self.device)
+
+    def _set_threads(self) -> None:
+        """CPU: ``--threads N``, else (auto) the cores other processes leave free, re-checked every epoch by
+        :meth:`_adapt_threads`; fixed where the user fixed them (OMP_NUM_THREADS) or asked for bit-exact reruns."""
+        from yoloforge.utils import cpu
+
+        self._core_meter = None
+        if self.device.type != "cpu":
+            return
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        elif not self.cfg.deterministic and "OMP_NUM_THREADS" not in os.environ:
+            n = cpu.free_threads(cpu.measure_others(0.3))
+            torch.set_num_threads(n)
+            self._core_meter = cpu.CoreMeter()
+            if n < cpu.available_cores():
+                LOG.info(f"{n} torch thread(s): other processes keep {cpu.available_cores() - n} of the "
+                         f"{cpu.available_cores()} cores busy (--threads N fixes the count)")
+
+    def _adapt_threads(self, epoch: int) -> None:
+        from yoloforge.utils import cpu
+
+        if self._core_meter is None:
+            return
+        n = cpu.free_threads(self._core_meter.others())
+        if n != torch.get_num_threads():
+            LOG.info(f"epoch {epoch + 1}: {n} torch thread(s) for the cores other processes leave free "
+                     f"(was {torch.get_num_threads()})")
+            torch.set_num_threads(n)
 
     def _attach_repopt(self, resume_state: dict | None) -> None:
         """RepOpt stage 2: masks from the scales (kept in the resume state, else ``--scales``); from scratch the
@@ -400,6 +430,7 @@ class Trainer:
         old_term = _sigterm_as_interrupt()
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
+                self._adapt_threads(epoch)
                 self._train_epoch(epoch, nb, n_warmup)
                 metrics = self._end_epoch(epoch)
                 if self._should_stop(epoch):

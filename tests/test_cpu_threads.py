@@ -1,0 +1,65 @@
+"""Thread choice on a shared CPU: the meter counts other processes' cores, not this process's own workers, and the
+trainer takes the cores that are left (or a fixed --threads)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from yoloforge.utils import cpu
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="the core meter reads Linux /proc")
+BUSY = [sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 30: pass"]
+
+
+def test_free_threads_is_the_rounded_remainder_and_at_least_one():
+    assert cpu.free_threads(0.0, 2) == 2 and cpu.free_threads(0.4, 2) == 2 and cpu.free_threads(0.7, 2) == 1
+    assert cpu.free_threads(5.0, 2) == 1 and cpu.free_threads(1.2, 8) == 7
+
+
+def test_meter_counts_other_processes_not_its_own_children():
+    base = cpu.measure_others(1.0)
+    if base > 0.3 or cpu.available_cores() < 2:
+        pytest.skip(f"the machine is busy ({base:.2f} cores used by others) or has one core: no known load to "
+                    f"measure against")
+    child = subprocess.Popen(BUSY)  # our child: one busy core that is ours
+    try:
+        time.sleep(0.3)
+        assert cpu.measure_others(1.0) < base + 0.4
+    finally:
+        child.kill()
+        child.wait()
+    # a busy process that is not ours (its parent, a shell, exits at once: it is re-parented)
+    pid = int(subprocess.run(["sh", "-c", " ".join(f"'{a}'" for a in BUSY) + " >/dev/null 2>&1 & echo $!"],
+                             capture_output=True, text=True, check=True).stdout)
+    try:
+        time.sleep(0.3)
+        assert cpu.measure_others(1.0) > base + 0.6
+    finally:
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_trainer_threads_fixed_or_auto(tiny_data, tmp_path, monkeypatch):
+    from yoloforge.engine.trainer import Trainer
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        common = dict(model="yolov6n", data=str(tiny_data), epochs=1, imgsz=64, batch=8, workers=0, plots=False,
+                      verbose=False, tensorboard=False, project=str(tmp_path), exist_ok=True)
+        Trainer(dict(common, threads=1, name="fixed")).train()
+        assert torch.get_num_threads() == 1
+        monkeypatch.setattr(cpu, "measure_others", lambda seconds=0.5: 99.0)  # everything busy elsewhere, at the
+        monkeypatch.setattr(cpu.CoreMeter, "others", lambda self: 99.0)  # start and at every epoch
+        t = Trainer(dict(common, name="auto"))
+        t.train()
+        assert torch.get_num_threads() == 1 and t._core_meter is not None
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's fixed count is left alone
+        t = Trainer(dict(common, name="env"))
+        t.train()
+        assert t._core_meter is None
+    finally:
+        torch.set_num_threads(before)
