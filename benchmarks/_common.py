@@ -39,3 +39,28 @@ def shapes_data(n_train: int = 64, n_val: int = 16, imgsz: int = 320) -> Path:
 
     root = Path(tempfile.gettempdir()) / f"yoloforge_bench_{n_train}_{n_val}_{imgsz}"
     return Path(make_shapes_dataset(root, n_train=n_train, n_val=n_val, imgsz=imgsz, seed=0))
+
+
+# the settings of ``yoloforge demo`` (generated shapes, 400 / 100 images at 160, 26 epochs, batch 16, small-data)
+DEMO = dict(epochs=26, imgsz=160, batch=16, nbs=16, workers=2, close_mosaic=8, val_interval=5, hyp="small-data",
+            hyp_override={"warmup_epochs": 1.0}, plots=False, verbose=False, tensorboard=False)
+
+
+def demo_data(root: Path) -> Path:
+    """The demo's data set (400 train / 100 val shapes at 160) under ``root``."""
+    from yoloforge.data.synthetic import make_shapes_dataset
+
+    return Path(make_shapes_dataset(root, n_train=400, n_val=100, imgsz=160, seed=0))
+
+
+def train_cached(runs: Path, name: str, data: Path, seed: int, settings: dict, **kw) -> Path:
+    """Train ``kw['model']`` (default yolov6n) into ``runs/name`` unless its best weights exist; their path."""
+    from yoloforge.api import Detector
+
+    best = runs / name / "weights" / "best.safetensors"
+    if best.is_file():
+        return best
+    print(f"training {name} ...", flush=True)
+    kw = dict(settings, **kw)
+    return Detector(kw.pop("model", "yolov6n")).train(data=str(data), project=str(runs), name=name, exist_ok=True,
+                                                      seed=seed, **kw)

@@ -27,23 +27,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _common import table
+from _common import DEMO, table
+from _common import demo_data as make_demo_data
+from _common import train_cached as train
 
 from yoloforge.api import Detector
-from yoloforge.data.synthetic import make_shapes_dataset
 
 HERE = Path(__file__).resolve().parent
 COCO = HERE.parents[1] / "shared" / "data" / "coco128" / "data.yaml"  # ../shared beside the repo
-DEMO = dict(epochs=26, imgsz=160, batch=16, nbs=16, workers=2, close_mosaic=8, val_interval=5, hyp="small-data",
-            hyp_override={"warmup_epochs": 1.0}, plots=False, verbose=False, tensorboard=False)
-
-
-def train(runs: Path, name: str, data: Path, seed: int, settings: dict, **kw) -> Path:
-    best = runs / name / "weights" / "best.safetensors"
-    if best.is_file():
-        return best
-    print(f"training {name} ...", flush=True)
-    return Detector(kw.pop("model", "yolov6n")).train(data=str(data), project=str(runs), name=name, exist_ok=True, seed=seed, **settings, **kw)
 
 
 def untrained_teacher(runs: Path, data: Path) -> Path:
@@ -140,7 +131,7 @@ def main() -> None:
         plot_ranges(a.out / f"ranges_{part}.png", {k: ranges(runs[(k, 0)], data, imgsz) for k in ("repvgg", "repopt")})
 
     demo_runs = a.runs / "demo"
-    demo_data = Path(make_shapes_dataset(a.runs / "demo_data", n_train=400, n_val=100, imgsz=160, seed=0))
+    demo_data = make_demo_data(a.runs / "demo_data")
     hs = train(demo_runs, "hyper_search_s0", demo_data, 0, DEMO, training_mode="hyper_search")
     demo = {}
     for s in seeds:

@@ -94,11 +94,11 @@ def suggest(trial, space: dict) -> dict:
     return out
 
 
-def make_sampler(kind: str, seed: int):
+def make_sampler(kind: str, seed: int, trials: int = 20):
     import optuna
 
-    if kind == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
+    if kind == "tpe":  # Optuna's default 10 random start-up trials would leave a short study random: a third of it
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(3, trials // 3)))
     if kind == "ga":  # Optuna's genetic algorithm (selection, crossover, mutation over generations)
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
     if kind == "cmaes":
@@ -111,6 +111,7 @@ def make_sampler(kind: str, seed: int):
 def open_study(storage: str, name: str, sampler, attempts: int = 8):
     """Create or load the study. Workers starting together on a new SQLite file race to create its tables; the
     loser retries after a short random wait."""
+    import inspect
     import random
     import time
     import warnings
@@ -121,13 +122,16 @@ def open_study(storage: str, name: str, sampler, attempts: int = 8):
     # heartbeat: a worker killed mid-trial leaves a RUNNING trial; once its heartbeat is older than the grace
     # period, the next worker marks it failed and enqueues its parameters again. Finished trials are never touched.
     retry = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
+    # the keyword was renamed in Optuna 4.9 (failed_trial_callback still works there, with a FutureWarning)
+    callback_kw = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback"
+                   in inspect.signature(storages.RDBStorage.__init__).parameters else "failed_trial_callback")
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
     for k in range(attempts):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 rdb = storages.RDBStorage(storage, heartbeat_interval=10, grace_period=30,
-                                          failed_trial_callback=retry(max_retry=2),
+                                          **{callback_kw: retry(max_retry=2)},
                                           engine_kwargs={"connect_args": {"timeout": 60}}
                                           if storage.startswith("sqlite") else None)
             return optuna.create_study(study_name=name, storage=rdb, sampler=sampler, pruner=pruner,
@@ -164,8 +168,8 @@ def objective(a, space: dict, out: Path):
         params = suggest(trial, space)
         cfg = TrainConfig(model=a.model, data=a.data, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, nbs=a.nbs or a.batch,
                           workers=a.workers, project=str(out / "trials"), name=f"trial{trial.number}", exist_ok=True,
-                          hyp=a.hyp, hyp_override=params, seed=a.seed, plots=False, verbose=False, tensorboard=False,
-                          device=a.device)
+                          hyp=a.hyp, hyp_override=params, seed=a.seed, close_mosaic=a.close_mosaic, plots=False,
+                          verbose=False, tensorboard=False, device=a.device)
         cb = _Pruning(trial)
         tr = Trainer(cfg, callbacks=[cb])
         tr.train()
@@ -241,7 +245,7 @@ def _open(a, worker: int = 0):
     base = load_hyp(model.default_hyp, model.name, a.hyp or None)
     space = load_space(a.space, base) if a.space else default_space(base)
     study = open_study(a.storage or f"sqlite:///{(out / 'tune.db').resolve()}", a.study_name or a.name,
-                       make_sampler(a.sampler, a.seed + worker))
+                       make_sampler(a.sampler, a.seed + worker, a.trials))
     return study, space, base, out
 
 
@@ -287,7 +291,8 @@ def _worker_argv(a) -> list[str]:
     args = [sys.executable, "-m", "yoloforge", "tune", "--model", a.model, "--data", a.data, "--trials", str(a.trials),
             "--epochs", str(a.epochs), "--imgsz", str(a.imgsz), "--batch", str(a.batch), "--nbs", str(a.nbs),
             "--workers", str(a.workers), "--sampler", a.sampler, "--seed", str(a.seed), "--project", a.project,
-            "--name", a.name, "--jobs", "1", "--hyp", a.hyp, "--device", a.device]
+            "--name", a.name, "--jobs", "1", "--hyp", a.hyp, "--device", a.device,
+            "--close-mosaic", str(a.close_mosaic)]
     for flag, v in (("--space", a.space), ("--storage", a.storage), ("--study-name", a.study_name)):
         if v:
             args += [flag, v]
@@ -305,6 +310,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch", type=int, default=16, help="batch size of each trial")
     p.add_argument("--nbs", type=int, default=0, help="nominal batch size (0: the batch size, no accumulation)")
     p.add_argument("--workers", type=int, default=2, help="data loader processes per trial")
+    p.add_argument("--close-mosaic", type=int, default=-1, help="last epochs of each trial without mosaic/mixup (-1: "
+                                                                "the preset's; YOLOv6's 15 would cover a short trial)")
     p.add_argument("--hyp", default="", help="the preset or yaml the sampled values are laid over (default: the model's)")
     p.add_argument("--space", default="", help="yaml search space: key: [low, high] | [low, high, log] | {choices: [..]} "
                                                "(default: lr, momentum, decay, warm-up, loss gains, augmentation)")
