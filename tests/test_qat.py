@@ -2,6 +2,7 @@
 explicit QDQ export that ONNX Runtime runs as the torch simulation computes, and `yoloforge quantize --method qat`
 end to end (YOLOv6 with the official distillation loss, YOLOv7 with channel-wise distillation)."""
 import copy
+import tempfile
 import json
 
 import numpy as np
@@ -132,3 +133,63 @@ def test_quantize_method_compare_gives_every_row(tiny_data, tmp_path, capsys):
     assert all(0 <= r["mAP50-95 onnxruntime"] <= 1 and r["ms onnxruntime"] > 0 for r in rows)
     assert rows[1]["kept_in_float"] == "" and len(rows[2]["kept_in_float"].split(",")) == 2
     assert "QAT + CWD" in capsys.readouterr().out
+
+
+def test_qat_recovers_what_ptq_loses_on_an_outlier_channel():
+    """One channel 100x larger than the rest: per-tensor int8 of the next conv's input leaves the others a few
+    levels, so PTQ is off by ~19% (relative MSE); a few hundred QAT steps (fake quant in the loop, the calibrated
+    scales kept) learn weights that work with those levels."""
+    torch.manual_seed(0)
+    f = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 1), torch.nn.ReLU(), torch.nn.Conv2d(16, 4, 1))
+    with torch.no_grad():
+        f[0].weight[0] *= 100
+        f[0].bias[0] = 5.0
+        f[2].weight[:, 0] /= 100
+
+    def data(seed, n=8):
+        return torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+    q = copy.deepcopy(f)
+    q[0], q[2] = qat.QuantConv2d.from_conv(q[0]), qat.QuantConv2d.from_conv(q[2])
+    qat.calibrate(q, [data(i).numpy() for i in range(4)])
+    held_out = data(999, 64)
+
+    @torch.no_grad()
+    def rel_err():
+        ref = f(held_out)
+        return float((q(held_out) - ref).pow(2).mean() / ref.pow(2).mean())
+
+    ptq = rel_err()
+    amax = [float(v.amax) for v in qat.quantizers(q).values()]
+    opt = torch.optim.Adam(q.parameters(), 1e-3)
+    for step in range(300):
+        x = data(100 + step)
+        with torch.no_grad():
+            target = f(x)
+        loss = (q(x) - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert ptq > 0.1 and rel_err() < 0.3 * ptq
+    assert [float(v.amax) for v in qat.quantizers(q).values()] == amax  # training moved weights, not the scales
+
+
+def test_a_concatenation_is_quantized_with_one_scale():
+    """The official graph optimization: the operands of a Concat share one scale. Here a Concat's output has a
+    single QuantizeLinear (every conv reading it shares it), so a runtime that moves Q above the Concat gives all
+    its operands that one scale, and no requantization sits in between."""
+    m = _random("yolov7-tiny")
+    q = qat.prepare(copy.deepcopy(m))
+    qat.calibrate(q, _batches(1))
+    with tempfile.TemporaryDirectory() as d:
+        proto = onnx.load(str(qat.export_qdq(q, d, 64, m.names)))
+    consumers: dict[str, list] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    concats = [n for n in proto.graph.node if n.op_type == "Concat"
+               and any(c.op_type == "QuantizeLinear" for c in consumers.get(n.output[0], []))]
+    assert len(concats) >= 5  # yolov7-tiny's ELAN blocks and SPPCSPC concatenate before a conv
+    for n in concats:
+        qs = [c for c in consumers[n.output[0]] if c.op_type == "QuantizeLinear"]
+        assert len(qs) == 1, f"{n.name}: {len(qs)} quantizers of one concatenation"
