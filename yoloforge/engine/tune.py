@@ -168,8 +168,8 @@ def objective(a, space: dict, out: Path):
         params = suggest(trial, space)
         cfg = TrainConfig(model=a.model, data=a.data, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, nbs=a.nbs or a.batch,
                           workers=a.workers, project=str(out / "trials"), name=f"trial{trial.number}", exist_ok=True,
-                          hyp=a.hyp, hyp_override=params, seed=a.seed, close_mosaic=a.close_mosaic, plots=False,
-                          verbose=False, tensorboard=False, device=a.device)
+                          hyp=a.hyp, hyp_override=params, seed=a.seed, close_mosaic=a.close_mosaic, weights=a.weights,
+                          plots=False, verbose=False, tensorboard=False, device=a.device)
         cb = _Pruning(trial)
         tr = Trainer(cfg, callbacks=[cb])
         tr.train()
@@ -293,7 +293,8 @@ def _worker_argv(a) -> list[str]:
             "--workers", str(a.workers), "--sampler", a.sampler, "--seed", str(a.seed), "--project", a.project,
             "--name", a.name, "--jobs", "1", "--hyp", a.hyp, "--device", a.device,
             "--close-mosaic", str(a.close_mosaic)]
-    for flag, v in (("--space", a.space), ("--storage", a.storage), ("--study-name", a.study_name)):
+    for flag, v in (("--space", a.space), ("--storage", a.storage), ("--study-name", a.study_name),
+                    ("--weights", a.weights)):
         if v:
             args += [flag, v]
     return args
@@ -312,6 +313,8 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=2, help="data loader processes per trial")
     p.add_argument("--close-mosaic", type=int, default=-1, help="last epochs of each trial without mosaic/mixup (-1: "
                                                                 "the preset's; YOLOv6's 15 would cover a short trial)")
+    p.add_argument("--weights", default="", help="start every trial from these weights (tunes a fine-tune: the usual "
+                                                 "case, and short trials then score more than their noise)")
     p.add_argument("--hyp", default="", help="the preset or yaml the sampled values are laid over (default: the model's)")
     p.add_argument("--space", default="", help="yaml search space: key: [low, high] | [low, high, log] | {choices: [..]} "
                                                "(default: lr, momentum, decay, warm-up, loss gains, augmentation)")
