@@ -16,6 +16,7 @@ from yoloforge.quant import qat
 from yoloforge.utils.checkpoint import load_model, save_weights
 
 onnx = pytest.importorskip("onnx")
+from onnx import numpy_helper  # noqa: E402
 ort = pytest.importorskip("onnxruntime")
 
 
@@ -50,11 +51,18 @@ def test_fake_quant_is_int8_with_a_straight_through_gradient():
     assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 0.0]  # zero outside [-amax, amax] (clamped), else 1
 
 
+def _ort(path, optimize=True):
+    so = ort.SessionOptions()
+    if not optimize:  # every Q, DQ and Conv as written: the graph's own arithmetic, no int8 kernel
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
 @pytest.mark.parametrize("name", ["yolov6n", "yolov7-tiny"])
 def test_qat_form_calibration_and_qdq_export_agree(name, tmp_path):
     m = _random(name)
     ref = copy.deepcopy(m).fuse().eval()
-    q = qat.prepare(copy.deepcopy(m))
+    q = qat.prepare(copy.deepcopy(m), reduce_range=True)  # 7-bit weights: int8 kernels exact on every x86 CPU
     assert not any(type(c) is torch.nn.Conv2d for c in q.modules())  # every conv quantized
     assert any(isinstance(c, torch.nn.BatchNorm2d) for c in q.modules())  # conv + BN pairs keep their BN
     if name == "yolov6n":  # RepVGG blocks are merged: int8 sees the deployed 3x3 convolutions
@@ -76,16 +84,45 @@ def test_qat_form_calibration_and_qdq_export_agree(name, tmp_path):
     out = qat.export_qdq(q, tmp_path, 96, m.names)
     proto = onnx.load(str(out))
     ops = [n.op_type for n in proto.graph.node]
-    assert ops.count("QuantizeLinear") == len(qs) - sum(len(g) - 1 for g in groups.values())  # one per tensor
+    n_relu_q = sum(n.name.endswith("_out_q") for n in proto.graph.node)  # a Q before a ReLU (exact, see qdq_onnx)
+    assert ops.count("QuantizeLinear") - n_relu_q == len(qs) - sum(len(g) - 1 for g in groups.values())
     assert ops.count("Conv") == len(qs)
-    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    weights = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.name.endswith("_w_int8")]
+    assert weights and all(w.min() >= -64 and w.max() <= 63 for w in weights)  # 7-bit
     img = np.zeros((1, 3, 96, 96), np.float32)
     img[:, :, :64] = batches[0]
-    got = sess.run(None, {sess.get_inputs()[0].name: img})[0]
     with torch.no_grad():
         want = copy.deepcopy(q).fuse().eval()(torch.from_numpy(img)).numpy()
-    assert np.abs(got[..., 4:] - want[..., 4:]).max() < 0.02  # scores: int8 kernels vs the torch simulation
-    assert np.abs(got[..., :4] - want[..., :4]).max() < 0.02 * np.abs(want[..., :4]).max()
+    for optimize in (False, True):  # the graph as written, and as ONNX Runtime runs it (int8 kernels where fused)
+        sess = _ort(out, optimize)
+        got = sess.run(None, {sess.get_inputs()[0].name: img})[0]
+        assert np.abs(got[..., 4:] - want[..., 4:]).max() < 0.02  # scores: the runtime vs the torch simulation
+        assert np.abs(got[..., :4] - want[..., :4]).max() < 0.02 * np.abs(want[..., :4]).max()
+    if name == "yolov6n":  # conv -> ReLU -> conv: ONNX Runtime runs the convolutions as int8 QLinearConv
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+        ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+        fused_ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+        assert fused_ops.count("QLinearConv") > len(qs) // 2  # 31 of 56 (the rest feed the head outputs, a Concat)
+
+
+def test_eight_bit_weights_export_as_trained(tmp_path):
+    """Without --reduce-range the weights use the whole int8 range; the graph computes what the torch simulation
+    does (checked with ONNX Runtime's graph optimizations off: some CPUs' int8 kernels saturate, see
+    ``reduce_range_default``)."""
+    m = _random("yolov6n")
+    q = qat.prepare(copy.deepcopy(m))
+    qat.calibrate(q, _batches(1))
+    out = qat.export_qdq(q, tmp_path, 64, m.names)
+    proto = onnx.load(str(out))
+    weights = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.name.endswith("_w_int8")]
+    assert max(int(np.abs(w).max()) for w in weights) == 127
+    x = _batches(1)[0]
+    with torch.no_grad():
+        want = copy.deepcopy(q).fuse().eval()(torch.from_numpy(x)).numpy()
+    sess = _ort(out, optimize=False)
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    assert np.abs(got[..., 4:] - want[..., 4:]).max() < 0.02
 
 
 def test_qat_weights_reload_in_their_qat_form(tmp_path):
@@ -93,7 +130,8 @@ def test_qat_weights_reload_in_their_qat_form(tmp_path):
     qat.calibrate(q, _batches(1))
     w = save_weights(tmp_path / "q.safetensors", q, {"names": q.names, "imgsz": 96})
     back = load_model(w)[0].eval()
-    assert back.qat == {"excluded": ["head.cls_preds.0"]} and type(back.head.cls_preds[0]) is torch.nn.Conv2d
+    assert back.qat == {"excluded": ["head.cls_preds.0"], "reduce_range": False}
+    assert type(back.head.cls_preds[0]) is torch.nn.Conv2d
     assert torch.equal(back.head.cls_preds[1].in_q.amax, q.head.cls_preds[1].in_q.amax)
     x = torch.from_numpy(_batches(1)[0])
     with torch.no_grad():

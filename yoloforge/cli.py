@@ -193,7 +193,8 @@ def cmd_quantize(a) -> int:
 
         rows = compare(a.weights, a.data, out_dir=a.output, imgsz=a.imgsz, n_calib=a.calib, skip=a.skip or 3,
                        epochs=a.epochs, scales=a.scales, batch=a.batch, workers=a.workers,
-                       openvino=not a.no_openvino, hyp_override=_kv(a.hyp_override, "--hyp-override"))
+                       openvino=not a.no_openvino, hyp_override=_kv(a.hyp_override, "--hyp-override"),
+                       reduce_range=a.reduce_range)
         print(table(rows))
         return 0
     if a.method == "qat":
@@ -202,7 +203,7 @@ def cmd_quantize(a) -> int:
         rep = quantize_qat(a.weights, a.data, out_dir=a.output, imgsz=a.imgsz, n_calib=a.calib, skip=a.skip,
                            exclude=exclude, rank=a.sensitivity, epochs=a.epochs, distill=a.distill, scales=a.scales,
                            batch=a.batch, workers=a.workers, openvino=not a.no_openvino, evaluate=not a.no_val,
-                           hyp_override=_kv(a.hyp_override, "--hyp-override"))
+                           hyp_override=_kv(a.hyp_override, "--hyp-override"), reduce_range=a.reduce_range)
     else:
             rep = quantize(a.weights, a.data, out_dir=a.output, imgsz=a.imgsz, n_calib=a.calib, skip=a.skip,
                        exclude=exclude, sensitivity=not a.no_sensitivity, openvino=not a.no_openvino,
@@ -315,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scales", default="", help="QAT of a RepOpt model: its hyper-search weights (default: from the "
                                                 "run's args.yaml)")
     p.add_argument("--workers", type=int, default=2, help="QAT data loader processes")
+    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
+                   help="QAT: 7-bit weights (default: where this CPU's int8 kernels saturate with 8, x86 without "
+                        "VNNI/AMX; a GPU or a VNNI CPU takes 8)")
     p.add_argument("--hyp-override", action="append", default=[], help="QAT: key=value over the official QAT "
                                                                          "recipe (lr0 1e-5, lrf 0.001, ...)")
     p.add_argument("--data", required=True, help="data yaml: calibration images from its train split, mAP on val")

@@ -27,7 +27,8 @@ def _latency_ms(paths: dict[str, Path], imgsz: int, runs: int) -> dict[str, floa
 
 def compare(weights: str | Path, data: str | Path, out_dir: str | Path | None = None, imgsz: int | None = None,
             n_calib: int = 128, skip: int = 3, epochs: int = 10, scales: str = "", batch: int = 16, workers: int = 2,
-            openvino: bool = True, runs: int = 20, hyp_override: dict | None = None, verbose: bool = True) -> list[dict]:
+            openvino: bool = True, runs: int = 20, hyp_override: dict | None = None, reduce_range: bool | None = None,
+            verbose: bool = True) -> list[dict]:
     from yoloforge.api import Detector
     from yoloforge.quant.ptq import quantize
     from yoloforge.quant.qat import quantize_qat
@@ -43,7 +44,8 @@ def compare(weights: str | Path, data: str | Path, out_dir: str | Path | None = 
         f"PTQ + skip {skip} (mAP drop)": quantize(weights, data, out_dir / "ptq_skip_map", skip=skip, rank="map",
                                                   **common),
     }
-    qat_kw = dict(common, epochs=epochs, scales=scales, workers=workers, hyp_override=hyp_override)
+    qat_kw = dict(common, epochs=epochs, scales=scales, workers=workers, hyp_override=hyp_override,
+                  reduce_range=reduce_range)
     reps["QAT"] = quantize_qat(weights, data, out_dir / "qat", distill="none", **qat_kw)
     reps["QAT + CWD"] = quantize_qat(weights, data, out_dir / "qat_cwd", distill="cwd", **qat_kw)
 
@@ -57,7 +59,7 @@ def compare(weights: str | Path, data: str | Path, out_dir: str | Path | None = 
         m = Detector(rows[0]["openvino"]).val(str(data), imgsz=size, batch=batch, verbose=False)
         rows[0].update({"mAP50-95 openvino": m.map, "mAP50 openvino": m.map50})
     for name, rep in reps.items():
-        row = {"model": name, "kept_in_float": ",".join(rep.excluded), "onnx": rep.onnx}
+        row = {"model": name, "kept_in_float": ",".join(rep.excluded), "weight_bits": rep.weight_bits, "onnx": rep.onnx}
         if rep.openvino:
             row["openvino"] = rep.openvino
         for kind, (m, m50) in rep.map.items():

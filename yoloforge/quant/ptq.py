@@ -48,6 +48,7 @@ class QuantReport:
     method: str = "ptq"  # or "qat"
     distill: str = ""  # QAT: "cwd" (the fp32 model teaches) or "none"
     weights: str = ""  # QAT: the trained quantization-aware .safetensors
+    weight_bits: int = 8  # QAT: 7 with --reduce-range
 
     def table(self) -> str:
         rows = [f"int8 model ({self.method}{', distill ' + self.distill if self.distill else ''}): {self.onnx}"

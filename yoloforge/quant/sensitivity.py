@@ -68,16 +68,18 @@ def fake_quant_activation(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor
     return (torch.clamp(torch.round(x / scale) + zp, 0, 255) - zp) * scale
 
 
-def weight_scales(w: torch.Tensor) -> torch.Tensor:
-    """Per output channel ``max |w| / 127`` (1 for an all-zero channel: any scale quantizes it exactly)."""
+def weight_scales(w: torch.Tensor, qmax: int = 127) -> torch.Tensor:
+    """Per output channel ``max |w| / qmax`` (1 for an all-zero channel: any scale quantizes it exactly)."""
     amax = w.detach().abs().flatten(1).amax(1)
-    return torch.where(amax > 0, amax / 127.0, torch.ones_like(amax)).float()
+    return torch.where(amax > 0, amax / float(qmax), torch.ones_like(amax)).float()
 
 
-def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
-    """int8 symmetric per-output-channel quantize-dequantize (straight-through gradient, as QAT trains it)."""
+def fake_quant_weight(w: torch.Tensor, qmax: int = 127) -> torch.Tensor:
+    """int8 symmetric per-output-channel quantize-dequantize (straight-through gradient, as QAT trains it);
+    ``qmax`` 63: 7-bit weights (see :func:`yoloforge.quant.qat.reduce_range_default`)."""
     zp = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
-    return torch.fake_quantize_per_channel_affine(w.float(), weight_scales(w), zp, 0, -128, 127).to(w.dtype)
+    return torch.fake_quantize_per_channel_affine(w.float(), weight_scales(w, qmax), zp, 0, -qmax - 1,
+                                                  qmax).to(w.dtype)
 
 
 def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
