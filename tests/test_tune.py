@@ -13,7 +13,7 @@ import pytest
 optuna = pytest.importorskip("optuna")  # a dev dependency; `pip install yoloforge[tune]`
 
 from yoloforge.config import load_hyp  # noqa: E402
-from yoloforge.engine.tune import default_space, load_space  # noqa: E402
+from yoloforge.engine.tune import default_space, load_space, preset_params  # noqa: E402
 
 
 def _cmd(data, tmp_path, trials, name="s", extra=()):
@@ -63,6 +63,11 @@ def test_two_workers_share_one_study_and_rerun_continues(tmp_path, tiny_data):
     assert len(finished) >= 4
     for t in finished:  # every trial trained in its own folder
         assert (tmp_path / "tune" / "trials" / f"trial{t.number}" / "results.csv").is_file()
+    preset = preset_params(default_space(load_hyp("yolov6", "yolov6n", "small-data")),
+                           load_hyp("yolov6", "yolov6n", "small-data"))
+    assert preset["lr0"] == 0.02 and preset["mosaic"] == 1.0
+    first = min(study.trials, key=lambda t: t.number)
+    assert first.params == pytest.approx(preset)  # the study starts from the preset's own values
     best = tmp_path / "tune" / "best_hyp.yaml"
     hyp = load_hyp("yolov6", "yolov6n", str(best))  # usable as train --hyp
     assert hyp["lr0"] == pytest.approx(study.best_trial.params["lr0"])
