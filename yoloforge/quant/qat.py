@@ -97,14 +97,17 @@ class QuantConv2d(nn.Conv2d):
         return self._conv_forward(x, fake_quant_weight(self.weight, self.w_qmax) if on else self.weight, self.bias)
 
 
-def reduce_range_default() -> bool:
+def reduce_range_default(device: str = "") -> bool:
     """7-bit weights where the CPU multiplies int8 in pairs summed in int16 (x86 without VNNI / AMX: AVX2's
     ``vpmaddubsw``). There ONNX Runtime and OpenVINO run signed int8 activations as uint8 plus 128, and two
     products of 255 x 127 overflow int16 and saturate: measured on an AVX2 EPYC, yolov6n's scores off by up to 0.19
     against exact int8 arithmetic with 8-bit weights, 0.0 with 7-bit ones (ONNX Runtime; its ``reduce_range`` is
-    the same remedy). False where the CPU has VNNI / AMX or is not x86 (and for GPUs, which have no such limit)."""
+    the same remedy). False where the CPU has VNNI / AMX or is not x86, and for a CUDA ``device`` ("": CUDA when
+    there is one, as the trainer picks), which has no such limit."""
     import platform
 
+    if str(device).startswith("cuda") or (not device and torch.cuda.is_available()):
+        return False
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return False
     try:
@@ -415,7 +418,7 @@ def qat(weights: str | Path, data: str | Path, out_dir: str | Path, epochs: int 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if reduce_range is None:
-        reduce_range = reduce_range_default() and not str(device).startswith("cuda")
+        reduce_range = reduce_range_default(device)
     model = prepare(copy.deepcopy(det.model).cpu(), exclude, reduce_range)
     batches = calibration_batches(data, imgsz, n_calib, stride=max_stride(model), verbose=verbose)
     groups = calibrate(model, batches)
@@ -478,7 +481,7 @@ def quantize_qat(weights: str | Path, data: str | Path, out_dir: str | Path | No
         size = int(imgsz or det.imgsz)
         batches = calibration_batches(data, size, n_calib, stride=max_stride(fused), verbose=False)
         excluded = rank_layers(rep, det, fused, data, batches, out_dir, skip, excluded, rank, size, batch, verbose)
-    if reduce_range is None:
+    if reduce_range is None:  # decided here (the same rule qat() applies) so that the report can say it
         reduce_range = reduce_range_default()
     rep.weight_bits = 7 if reduce_range else 8
     best, onnx_path = qat(weights, data, out_dir, epochs=epochs, imgsz=imgsz, batch=batch, workers=workers,
