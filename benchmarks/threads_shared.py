@@ -22,6 +22,8 @@ from pathlib import Path
 
 from _common import shapes_data, table
 
+from yoloforge.utils.cpu import available_cores
+
 COMPETITORS = {
     "torch": "import torch\ntorch.set_num_threads(1)\na = torch.randn(512, 512)\nwhile True: a = (a @ a).tanh()",
     "spin": "while True: pass",
@@ -47,7 +49,7 @@ def main() -> None:
     ap.add_argument("--imgsz", type=int, default=160)
     ap.add_argument("--competitor", default="torch", choices=sorted(COMPETITORS))
     a = ap.parse_args()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = available_cores()
     data = shapes_data(200, 8, a.imgsz)
     out = Path(tempfile.mkdtemp(prefix="yoloforge_threads_"))
     settings = {f"--threads {cores} (fixed)": cores, "--threads 0 (auto)": 0}

@@ -2,7 +2,6 @@
 explicit QDQ export that ONNX Runtime runs as the torch simulation computes, and `yoloforge quantize --method qat`
 end to end (YOLOv6 with the official distillation loss, YOLOv7 with channel-wise distillation)."""
 import copy
-import tempfile
 import json
 
 import numpy as np
@@ -212,15 +211,14 @@ def test_qat_recovers_what_ptq_loses_on_an_outlier_channel():
     assert [float(v.amax) for v in qat.quantizers(q).values()] == amax  # training moved weights, not the scales
 
 
-def test_a_concatenation_is_quantized_with_one_scale():
+def test_a_concatenation_is_quantized_with_one_scale(tmp_path):
     """The official graph optimization: the operands of a Concat share one scale. Here a Concat's output has a
     single QuantizeLinear (every conv reading it shares it), so a runtime that moves Q above the Concat gives all
     its operands that one scale, and no requantization sits in between."""
     m = _random("yolov7-tiny")
     q = qat.prepare(copy.deepcopy(m))
     qat.calibrate(q, _batches(1))
-    with tempfile.TemporaryDirectory() as d:
-        proto = onnx.load(str(qat.export_qdq(q, d, 64, m.names)))
+    proto = onnx.load(str(qat.export_qdq(q, tmp_path, 64, m.names)))
     consumers: dict[str, list] = {}
     for n in proto.graph.node:
         for i in n.input:

@@ -63,8 +63,8 @@ def test_two_workers_share_one_study_and_rerun_continues(tmp_path, tiny_data):
     assert len(finished) >= 4
     for t in finished:  # every trial trained in its own folder
         assert (tmp_path / "tune" / "trials" / f"trial{t.number}" / "results.csv").is_file()
-    preset = preset_params(default_space(load_hyp("yolov6", "yolov6n", "small-data")),
-                           load_hyp("yolov6", "yolov6n", "small-data"))
+    base = load_hyp("yolov6", "yolov6n", "small-data")
+    preset = preset_params(default_space(base), base)
     assert preset["lr0"] == 0.02 and preset["mosaic"] == 1.0
     first = min(study.trials, key=lambda t: t.number)
     assert first.params == pytest.approx(preset)  # the study starts from the preset's own values
