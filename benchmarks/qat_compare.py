@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from _common import DEMO, demo_data, table, train_cached
+from _common import demo_model as shared_demo_model
 
 HERE = Path(__file__).resolve().parent
 COLS = ["mAP50-95 onnxruntime", "mAP50 onnxruntime", "ms onnxruntime", "mAP50-95 openvino", "mAP50 openvino",
@@ -28,8 +29,8 @@ COLS = ["mAP50-95 onnxruntime", "mAP50 onnxruntime", "ms onnxruntime", "mAP50-95
 
 
 def demo_model(runs: Path, data: Path, kind: str) -> Path:
-    if kind == "repvgg":
-        return train_cached(runs, "repvgg_s0", data, 0, DEMO)
+    if kind == "repvgg":  # the demo's model, shared with the other benchmarks
+        return shared_demo_model(0)
     if kind == "repopt":
         hs = train_cached(runs, "hyper_search_s0", data, 0, DEMO, training_mode="hyper_search")
         return train_cached(runs, "repopt_s0", data, 0, DEMO, training_mode="repopt", scales=str(hs))

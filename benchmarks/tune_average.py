@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from _common import DEMO, demo_data, table, train_cached
+from _common import DEMO, demo_data, demo_model, table, train_cached
 
 from yoloforge.api import Detector
 from yoloforge.data.synthetic import make_shapes_dataset
@@ -88,6 +88,8 @@ def tune_part(a, data: Path, test: Path, part: str = "tune", weights: Path | Non
 
 def scratch_model(a, data: Path, seed: int) -> Path:
     """The demo recipe from scratch (the average part's members; the fine-tune study's starting point)."""
+    if seed == 0:  # the demo's model, shared with the other benchmarks
+        return demo_model(0)
     return train_cached(a.runs / "average", f"scratch_s{seed}", data, seed, DEMO)
 
 

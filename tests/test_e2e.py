@@ -113,6 +113,19 @@ def test_api_predict_glob_and_video(tiny_data, tmp_path):
     got = [(Path(r.path).name, r.frame) for r in d.predict(str(folder), stream=True, imgsz=96)]
     assert got == [("a.avi", 0), ("a.avi", 1), ("a.avi", 2), ("d.png", None)]
 
+    # a folder of two videos written annotated: each output holds all its frames (a writer is closed when the
+    # next video starts, not kept open to the end)
+    two = tmp_path / "two"
+    two.mkdir()
+    for name in ("x.avi", "y.avi"):
+        (two / name).write_bytes(vid.read_bytes())
+    out = d.predictor(imgsz=96).predict_to_dir(str(two), tmp_path / "two_out", verbose=False)
+    assert out["images"] == 6
+    for name in ("x", "y"):
+        cap = cv2.VideoCapture(str(tmp_path / "two_out" / f"{name}.mp4"))
+        assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+        cap.release()
+
 
 def test_detector_untrained_fuse_keeps_outputs():
     import torch

@@ -260,8 +260,13 @@ class Predictor:
                     if save_img:
                         w = writers.get(r.path)
                         if w is None:
+                            for done in writers.values():  # a folder of videos: one writer open at a time
+                                done.release()
+                            writers.clear()
                             h, wd = r.orig_img.shape[:2]
-                            fps = cv2.VideoCapture(r.path).get(cv2.CAP_PROP_FPS) or 25
+                            cap = cv2.VideoCapture(r.path)
+                            fps = cap.get(cv2.CAP_PROP_FPS) or 25
+                            cap.release()
                             w = writers[r.path] = cv2.VideoWriter(str(save_dir / f"{stem}.mp4"),
                                                                   cv2.VideoWriter_fourcc(*"mp4v"), fps, (wd, h))
                         w.write(r.plot())
