@@ -69,11 +69,10 @@ def train_cached(runs: Path, name: str, data: Path, seed: int, settings: dict, *
 DEMO_MODELS = Path(tempfile.gettempdir()) / "yoloforge_demo_models"
 
 
-def demo_model(seed: int = 0, runs: Path | None = None) -> Path:
+def demo_model(seed: int = 0) -> Path:
     """The demo's model (yolov6n, the demo recipe, seed ``seed``) trained on :func:`demo_data`: one cache
     (``DEMO_MODELS``) shared by every benchmark that needs a trained model, so it is trained once."""
-    runs = runs or DEMO_MODELS
-    best = runs / f"yolov6n_s{seed}" / "weights" / "best.safetensors"
+    best = DEMO_MODELS / f"yolov6n_s{seed}" / "weights" / "best.safetensors"
     if best.is_file():  # before demo_data: writing the data again would change its files' times
         return best
-    return train_cached(runs, f"yolov6n_s{seed}", demo_data(runs / "demo_data"), seed, DEMO)
+    return train_cached(DEMO_MODELS, f"yolov6n_s{seed}", demo_data(DEMO_MODELS / "demo_data"), seed, DEMO)

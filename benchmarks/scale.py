@@ -1,5 +1,5 @@
 """How cost grows with the size of the work: one table per part, several sizes, each measured in a fresh process
-(time, and peak memory above what the process held before the work).
+(time, and how far the work raised the process's peak memory).
 
     python benchmarks/scale.py [--parts scan,eval,video,nms] [--scan-sizes 1000,10000,100000]
                                [--eval-sizes 500,5000,20000] [--frames 250,1000,4000] [--nms-sizes 320,640,1280]
@@ -237,8 +237,15 @@ def demo_val_dir() -> Path:
     return d
 
 
+def threads() -> str:
+    """The children's torch threads: OMP_NUM_THREADS if set, else the cores this process may use."""
+    from yoloforge.utils.cpu import available_cores
+
+    return os.environ.get("OMP_NUM_THREADS", str(available_cores()))
+
+
 def run_child(*args) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    env = dict(os.environ, OMP_NUM_THREADS=threads())
     r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", *map(str, args)],
                        capture_output=True, text=True, env=env)
     if r.returncode:
@@ -276,7 +283,7 @@ def main() -> None:
         return
     a.root.mkdir(parents=True, exist_ok=True)
     parts = a.parts.split(",")
-    print(f"threads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '2')}, {os.cpu_count()} cores\n")
+    print(f"threads: OMP_NUM_THREADS={threads()}, {os.cpu_count()} cores\n")
     if "scan" in parts:
         rows = []
         for n in map(int, a.scan_sizes.split(",")):

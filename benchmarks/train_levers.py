@@ -33,14 +33,7 @@ from yoloforge.data.formats import load_data_yaml
 from yoloforge.data.loader import build_dataloader
 from yoloforge.engine.optim import build_optimizer
 from yoloforge.models.registry import build_model
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((set(l.split(":", 1)[1].split()) for l in f if l.startswith("flags")), set())
-    except OSError:
-        return set()
+from yoloforge.utils.cpu import cpu_flags
 
 
 def _float(x):

@@ -247,7 +247,7 @@ class Predictor:
 
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
-        writers: dict[str, cv2.VideoWriter] = {}
+        video: tuple[str, cv2.VideoWriter] | None = None  # the video being written: one open at a time
         coco, n_img, n_det, t_total = [], 0, 0, {"pre": 0.0, "model": 0.0, "post": 0.0}
         try:
             for r in tqdm(self.stream(source), desc="predict", disable=not verbose, unit="img", dynamic_ncols=True):
@@ -258,18 +258,16 @@ class Predictor:
                 stem = Path(r.path).stem
                 if r.frame is not None:
                     if save_img:
-                        w = writers.get(r.path)
-                        if w is None:
-                            for done in writers.values():  # a folder of videos: one writer open at a time
-                                done.release()
-                            writers.clear()
+                        if video is None or video[0] != r.path:  # a new video: close the one before
+                            if video is not None:
+                                video[1].release()
                             h, wd = r.orig_img.shape[:2]
                             cap = cv2.VideoCapture(r.path)
                             fps = cap.get(cv2.CAP_PROP_FPS) or 25
                             cap.release()
-                            w = writers[r.path] = cv2.VideoWriter(str(save_dir / f"{stem}.mp4"),
-                                                                  cv2.VideoWriter_fourcc(*"mp4v"), fps, (wd, h))
-                        w.write(r.plot())
+                            video = r.path, cv2.VideoWriter(str(save_dir / f"{stem}.mp4"),
+                                                            cv2.VideoWriter_fourcc(*"mp4v"), fps, (wd, h))
+                        video[1].write(r.plot())
                     stem = f"{stem}_{r.frame}"
                 elif save_img:
                     r.save(save_dir / (stem + ".jpg"))
@@ -279,8 +277,8 @@ class Predictor:
                 if save_json:
                     coco.extend(r.to_coco(int(stem) if stem.isdigit() else stem))
         finally:
-            for w in writers.values():
-                w.release()
+            if video is not None:
+                video[1].release()
         if save_json:
             (save_dir / "predictions.json").write_text(json.dumps(coco))
         speed = {k: v / max(n_img, 1) for k, v in t_total.items()}

@@ -110,12 +110,10 @@ def reduce_range_default(device: str = "") -> bool:
         return False
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return False
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return bool(flags) and not ({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+    from yoloforge.utils.cpu import cpu_flags
+
+    flags = cpu_flags()
+    return bool(flags) and not ({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
 
 
 def _merge_blocks(model: nn.Module) -> None:

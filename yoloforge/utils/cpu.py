@@ -24,6 +24,15 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``: avx2, avx512_vnni, amx_bf16, ...); empty off Linux."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), set())
+
+
 def _machine_busy_s() -> float | None:
     """Seconds of CPU time spent busy on the whole machine since boot (``/proc/stat``; None off Linux)."""
     try:
