@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=6, help="steps per variant per round")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--levers", default="base,bf16", help="of base,channels_last,bf16,compile,all")
+    ap.add_argument("--levers", default="base,bf16", help="of base,channels_last,bf16,channels_last+bf16,compile,all")
     a = ap.parse_args()
     data = load_data_yaml(shapes_data(n_train=64, imgsz=640))
     probe = build_model(a.model, nc=len(data.names))
@@ -103,7 +103,7 @@ def main() -> None:
         if len(batches) == 4:
             break
     spec = {"base": (False, False, False), "channels_last": (True, False, False), "bf16": (False, True, False),
-            "compile": (False, False, True), "all": (True, True, True)}
+            "channels_last+bf16": (True, True, False), "compile": (False, False, True), "all": (True, True, True)}
     variants = []
     for name in a.levers.split(","):
         cl, bf, co = spec[name]

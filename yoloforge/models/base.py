@@ -5,6 +5,49 @@ import torch
 from torch import nn
 
 
+def _standard_strides(t: torch.Tensor) -> bool:
+    """True when ``t`` has the plain row-major (NCHW) strides. ``is_contiguous()`` is not enough: a
+    (16, 3, 1, 1) weight moved to channels_last still says contiguous, yet oneDNN takes the NHWC kernel."""
+    expect, acc = [], 1
+    for n in reversed(t.shape):
+        expect.append(acc)
+        acc *= n
+    return tuple(reversed(expect)) == t.stride()
+
+
+def onednn_risky(m: nn.Module) -> bool:
+    """The convolutions whose weight gradient oneDNN 3.12 (torch 2.13 CPU) computes out of bounds when the
+    input or the weight is channels_last: 1x1, strided, fewer than 16 input channels (``jit_1x1``
+    backward_weights corrupts the heap, and the process dies later, anywhere). Reproducer and the measured
+    bounds: tests/test_onednn_guard.py."""
+    return (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+            and m.in_channels < 16)
+
+
+def _plain_layout_pre_hook(conv: nn.Conv2d, args):
+    x = args[0]
+    if not (torch.is_grad_enabled() and x.device.type == "cpu" and conv.weight.requires_grad):
+        return None
+    if not _standard_strides(conv.weight):
+        conv.weight.data = conv.weight.data.clone(memory_format=torch.contiguous_format)
+    if not _standard_strides(x):
+        return (x.clone(memory_format=torch.contiguous_format), *args[1:])
+    return None
+
+
+def _guard_onednn(model: nn.Module, args) -> None:
+    """Forward pre-hook of every detector: on CPU with gradients on, the risky convolutions (see
+    :func:`onednn_risky`) get a hook that hands them NCHW input and weight, whatever layout the rest of
+    the model uses. Costs one walk over the modules per training forward."""
+    if not (model.training and torch.is_grad_enabled()):
+        return None
+    for m in model.modules():
+        if onednn_risky(m) and not getattr(m, "_yf_layout_guard", False):
+            m.register_forward_pre_hook(_plain_layout_pre_hook)
+            m._yf_layout_guard = True
+    return None
+
+
 class DetectionModel(nn.Module):
     """A detector keeping the library-wide contract.
 
@@ -24,6 +67,7 @@ class DetectionModel(nn.Module):
         self.build_kwargs = dict(nc=int(nc), **build_kwargs)
         self.register_buffer("stride", torch.tensor([float(s) for s in strides]), persistent=False)
         self.fused = False
+        self.register_forward_pre_hook(_guard_onednn)
 
     def build_loss(self, hyp: dict):  # pragma: no cover - every family overrides it
         raise NotImplementedError(f"{type(self).__name__} has no loss")
