@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from yoloforge.config import TRAINING_MODES, TrainConfig, parse_value
+from yoloforge.config import AMP_MODES, TRAINING_MODES, TrainConfig, parse_value
 
 
 TRAIN_HELP = {  # the meaning of every TrainConfig field, shown by `yoloforge train --help` with its default
@@ -33,7 +33,10 @@ TRAIN_HELP = {  # the meaning of every TrainConfig field, shown by `yoloforge tr
            "empty: the preset named after the model's official file",
     "seed": "seed of the initialization, the sampler and every augmentation",
     "deterministic": "deterministic kernels (slower; bit-exact reruns on one machine)",
-    "amp": "mixed precision (used on CUDA)",
+    "channels_last": "NHWC memory format for the model and the batches (faster convolutions on CPU and on GPUs "
+                     "with tensor cores; the convolutions oneDNN 3.12 gets wrong in NHWC stay NCHW)",
+    "amp": "mixed precision of the forward pass (fp32 weights, loss and assigners): auto = fp16 on CUDA, bf16 on a "
+           "CPU with native bf16 (AVX512-BF16/AMX), off elsewhere; --no-amp = off",
     "val_interval": "validate every N epochs (and always after the last)",
     "close_mosaic": "epochs at the end trained without mosaic/mixup; -1: the preset's own (YOLOv6 15, else 0)",
     "patience": "stop after this many validations without improvement; 0: never",
@@ -61,7 +64,7 @@ TRAIN_HELP = {  # the meaning of every TrainConfig field, shown by `yoloforge tr
 }
 
 
-TRAIN_CHOICES = {"training_mode": ["", *TRAINING_MODES], "cache": ["", "ram"]}
+TRAIN_CHOICES = {"training_mode": ["", *TRAINING_MODES], "cache": ["", "ram"], "amp": list(AMP_MODES)}
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -96,6 +99,7 @@ def _add_train(sub):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=d, help=TRAIN_HELP[f.name])
         else:
             p.add_argument(flag, type=type(d), default=d, help=TRAIN_HELP[f.name], choices=TRAIN_CHOICES.get(f.name))
+    p.add_argument("--no-amp", dest="amp", action="store_const", const="off", help="same as --amp off")
     p.add_argument("--hyp-override", action="append", default=[], metavar="KEY=VALUE",
                    help="override one hyper-parameter, e.g. --hyp-override lr0=0.02 (repeatable)")
     p.add_argument("--model-kw", action="append", default=[], metavar="KEY=VALUE",

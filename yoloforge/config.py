@@ -222,6 +222,9 @@ def _check_hyp(hyp: dict) -> None:
 TRAINING_MODES = ("repvgg", "hyper_search", "repopt", "conv_silu", "conv_relu")
 
 
+AMP_MODES = ("auto", "fp16", "bf16", "off")
+
+
 @dataclass
 class TrainConfig:
     """Everything ``yoloforge train`` accepts. Field names are the CLI flags (``--close-mosaic``)."""
@@ -245,7 +248,8 @@ class TrainConfig:
     hyp_override: dict = field(default_factory=dict)
     seed: int = 0
     deterministic: bool = False
-    amp: bool = True  # used on CUDA only
+    channels_last: bool = False  # NHWC model and batches (CPU: 1.25x for yolov6n at 320, benchmarks/train_levers.py)
+    amp: str = "auto"  # auto: fp16 on CUDA, bf16 on a CPU with native bf16, else off; or fp16 | bf16 | off
     val_interval: int = 1
     close_mosaic: int = -1  # epochs at the end trained without mosaic/mixup; -1 = the preset's (YOLOv6 15, else 0)
     patience: int = 0  # stop after this many epochs without improvement (0 = never)
@@ -266,6 +270,8 @@ class TrainConfig:
     distill_feat: bool = False  # also channel-wise distillation of the neck maps (official --distill_feat)
 
     def __post_init__(self) -> None:
+        if isinstance(self.amp, bool):  # configs and resume states from before amp took a mode
+            self.amp = "auto" if self.amp else "off"
         checks = {
             "epochs": self.epochs >= 1,
             "imgsz": self.imgsz >= 32 and self.imgsz % 32 == 0,
@@ -280,6 +286,7 @@ class TrainConfig:
             "iou": 0 < self.iou <= 1,
             "temperature": self.temperature > 0,
             "training_mode": self.training_mode in ("", *TRAINING_MODES),
+            "amp": self.amp in AMP_MODES,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

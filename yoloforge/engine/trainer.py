@@ -11,6 +11,7 @@ epoch and index, and the skipped batches are not drawn again).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import random
@@ -83,6 +84,37 @@ def _set_rng_state(s: dict) -> None:
     np.random.set_state(("MT19937", s["numpy_keys"].numpy().astype(np.uint32), int(s["numpy_pos"]), 0, 0.0))
 
 
+def amp_dtype(mode: str | bool, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``--amp MODE`` on ``device`` (None: fp32). auto = fp16 on CUDA, bf16 on a CPU that
+    computes bf16 natively (AVX512-BF16 / AMX: 1.7x the fp32 step of yolov6n at 320, benchmarks/
+    train_levers.py), off on other CPUs (there bf16 is emulated, 0.10x) and other devices."""
+    from yoloforge.utils.cpu import native_bf16_cpu
+
+    mode = ("auto" if mode else "off") if isinstance(mode, bool) else mode
+    if mode == "off" or device.type not in ("cuda", "cpu"):
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if mode == "bf16" else torch.float16
+    if mode == "fp16":
+        raise ValueError("--amp fp16 is for CUDA; on a CPU use --amp bf16 (or auto)")
+    if mode == "auto" and not native_bf16_cpu():
+        return None
+    if mode == "bf16" and not native_bf16_cpu():
+        LOG.warning("--amp bf16 on a CPU without native bf16 (no AVX512-BF16 / AMX): emulated, about 10x slower than fp32")
+    return torch.bfloat16
+
+
+def to_float(x):
+    """``x`` (a tensor, or lists / tuples / dicts of them) with every floating tensor in fp32."""
+    if isinstance(x, torch.Tensor):
+        return x.float() if x.is_floating_point() else x
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_float(v) for v in x)
+    if isinstance(x, dict):
+        return {k: to_float(v) for k, v in x.items()}
+    return x
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig | dict, model: nn.Module | None = None, resume_epochs: int | None = None,
                  callbacks=None):
@@ -145,6 +177,8 @@ class Trainer:
                              f"{self.model.name})")
         self.hyp = load_hyp(self.model.default_hyp, self.model.name, cfg.hyp or None, cfg.hyp_override)
         self.model.to(self.device)
+        if cfg.channels_last:  # in place: the parameters stay the same objects (optimizer, EMA, DDP)
+            self.model.to(memory_format=torch.channels_last)
 
         if cfg.resume:
             self.run_dir = run_dir
@@ -203,8 +237,10 @@ class Trainer:
                     if t.dtype.is_floating_point:
                         t.copy_(t.half().float())
         self.ema = ModelEMA(self.model, self.hyp["ema_decay"], self.hyp["ema_tau"]) if self.main else None
-        self.use_amp = cfg.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.amp_dtype = amp_dtype(cfg.amp, self.device)
+        self.use_amp = self.amp_dtype is not None
+        # fp16 needs loss scaling; bf16 has fp32's exponent range and does not
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda")
         self.start_epoch, self.start_batch, self.best_fitness, self.bad_epochs = 0, 0, -1.0, 0
         self.last_step_it = -1  # global iteration of the last optimizer step (YOLOv6's step rule)
         if resume_state is not None:
@@ -419,7 +455,8 @@ class Trainer:
                         f"iterations; on a small dataset or a short run consider --hyp small-data")
         if self.main:
             LOG.info(f"training {unwrap(self.model).name} on {len(self.train_ds)} images for {cfg.epochs} epochs "
-                     f"(batch {cfg.batch}, accumulate {self.accumulate}, imgsz {cfg.imgsz}, {self.device}"
+                     f"(batch {cfg.batch}, accumulate {self.accumulate}, imgsz {cfg.imgsz}, {self.device}, "
+                     + (f"{str(self.amp_dtype).split('.')[-1]} autocast" if self.use_amp else "fp32")
                      + (f", {self.world} processes" if self.world > 1 else "") + f") -> {self.run_dir}")
             if cfg.plots:
                 self._plot_labels()
@@ -480,17 +517,24 @@ class Trainer:
             it = i + nb * epoch
             acc = apply_schedule(self.optimizer, self.hyp, self.lf, epoch, it, n_warmup, nb, self.nominal_accumulate)
             imgs = imgs.to(self.device, non_blocking=True).float().div_(255)
+            if self.cfg.channels_last:
+                imgs = imgs.contiguous(memory_format=torch.channels_last)
             targets = targets.to(self.device)
             if self.hyp.get("multi_scale") or self.hyp.get("sat_eps", 0) > 0:
                 imgs, targets = self._bag_of_freebies(imgs, targets, epoch, i)
-            with torch.autocast(self.device.type, enabled=self.use_amp):
+            with self._autocast():
                 outputs = self.model(imgs)
+                teacher_out = None
                 if self.teacher is not None:
                     with torch.no_grad():
                         teacher_out = self.teacher(imgs)
-                    loss, items = self.loss_fn(outputs, targets, epoch, teacher_out)
-                else:
-                    loss, items = self.loss_fn(outputs, targets, epoch)
+                with self._loss_precision():
+                    if self._loss_fp32:
+                        outputs, teacher_out = to_float((outputs, teacher_out))
+                    if self.teacher is not None:
+                        loss, items = self.loss_fn(outputs, targets, epoch, teacher_out)
+                    else:
+                        loss, items = self.loss_fn(outputs, targets, epoch)
             if not torch.isfinite(loss):
                 self._abort_nonfinite(epoch, i, items)
             self.scaler.scale(loss).backward()
@@ -511,6 +555,18 @@ class Trainer:
                 self.callbacks("on_batch_end", self, epoch, i, dict(zip(self.loss_fn.names, items.tolist())))
         self.epoch_time = time.time() - t0
         self.epoch_loss = mloss if mloss is not None else torch.zeros(len(self.loss_fn.names))
+
+    @property
+    def _loss_fp32(self) -> bool:
+        """CPU bf16: the loss and the assigners run in fp32 on fp32 copies of the outputs. On CUDA the loss
+        stays under autocast, as in the official training scripts."""
+        return self.use_amp and self.device.type == "cpu"
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
+
+    def _loss_precision(self):
+        return torch.autocast(self.device.type, enabled=False) if self._loss_fp32 else contextlib.nullcontext()
 
     def _optimizer_step(self) -> None:
         self.scaler.unscale_(self.optimizer)
@@ -536,7 +592,7 @@ class Trainer:
             imgs, targets = multiscale_resize(imgs, targets, self.cfg.imgsz, int(unwrap(self.model).stride.max()), rng)
         eps = sat_eps(self.hyp.get("sat_eps", 0.0), epoch, self.cfg.epochs, self.hyp["warmup_epochs"])
         if eps > 0 and rng.random() < 0.5:
-            with torch.autocast(self.device.type, enabled=self.use_amp):
+            with self._autocast():
                 imgs = sat_perturb(unwrap(self.model), self.loss_fn, imgs, targets, epoch, eps)
         return imgs, targets
 
