@@ -152,11 +152,47 @@ def op_val(name: str, data: str, imgsz: int = 640, batch: int = 16, workers: int
             "threads": torch.get_num_threads()}
 
 
-def op_predict(name: str, source: str, imgsz: int = 640, threads=None, lockstep: bool = False):
-    """One full pass of the default ``model.predict`` over ``source`` (stream, results consumed); per-image
-    wall times (read + pre + model + post). With ``lockstep`` it waits for "go" after each image."""
+LOADED: dict = {}  # weights or exported-model path -> YOLO, kept warm between requests
+
+
+def _load(weights: str):
+    if weights not in LOADED:
+        LOADED[weights] = YOLO(weights, task="detect")
+    return LOADED[weights]
+
+
+def op_train_full(name: str, data: str, imgsz: int, batch: int, epochs: int, workers: int, project: str,
+                  close_mosaic: int = 0, seed: int = 0, threads=None):
+    """A whole training with ultralytics' own recipe (its defaults; val on), from the yaml; its best.pt."""
     _threads(threads)
-    y = _get(name)["yolo"]
+    y = YOLO(f"{name}.yaml")
+    t = time.perf_counter()
+    y.train(data=data, imgsz=imgsz, batch=batch, epochs=epochs, workers=workers, device="cpu", plots=False,
+            close_mosaic=close_mosaic, project=project, name=name, exist_ok=True, verbose=False, seed=seed)
+    return {"best": str(y.trainer.best), "seconds": time.perf_counter() - t}
+
+
+def op_export_weights(weights: str, format: str = "openvino", imgsz: int = 640, int8: bool = False, data: str = ""):
+    """``YOLO(weights).export``: OpenVINO fp32, or int8 (NNCF post-training quantization on ``data``)."""
+    t = time.perf_counter()
+    kw = dict(int8=True, data=data) if int8 else {}
+    path = YOLO(weights).export(format=format, imgsz=imgsz, verbose=False, **kw)
+    return {"path": os.path.abspath(str(path)), "seconds": time.perf_counter() - t}
+
+
+def op_val_weights(weights: str, data: str, imgsz: int = 640, batch: int = 16, threads=None):
+    """ultralytics' own val of weights or an exported model (its own mAP computation)."""
+    _threads(threads)
+    m = _load(weights).val(data=data, imgsz=imgsz, batch=batch, device="cpu", plots=False, verbose=False)
+    return {"map": float(m.box.map), "map50": float(m.box.map50)}
+
+
+def op_predict(name: str, source: str, imgsz: int = 640, threads=None, lockstep: bool = False, weights: str = ""):
+    """One full pass of the default ``model.predict`` over ``source`` (stream, results consumed); per-image
+    wall times (read + pre + model + post). With ``lockstep`` it waits for "go" after each image. ``weights``:
+    a trained .pt or an exported model (OpenVINO folder) instead of the untrained ``name``."""
+    _threads(threads)
+    y = _load(weights) if weights else _get(name)["yolo"]
     sums = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
     per, shapes = [], set()
     t = time.perf_counter()

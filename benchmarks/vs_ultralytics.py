@@ -3,7 +3,7 @@
 Setup (once; ultralytics must never enter the yoloforge venv, so it gets its own, ~6 GB):
 
     python3 -m venv /tmp/ulvenv
-    /tmp/ulvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 ultralytics onnx onnxruntime onnxslim
+    /tmp/ulvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 ultralytics onnx onnxruntime onnxslim openvino nncf
 
 Run (from the repository root, with the yoloforge venv):
 
@@ -17,8 +17,9 @@ models are built from ``yolov6n.yaml`` / ``yolov8n.yaml``). Parts:
 a. torch eager forward at 640, batch 1, fused both sides, the same torch thread count both sides.
 b. ONNX Runtime and OpenVINO latency of each library's own ONNX export, both run here by the same
    runtime with the same settings (yoloforge's OrtBackend / OpenVINOBackend), so only the graphs differ.
-c. training img/s at 320, batch 8, coco128 train, 1 epoch: ours = our Trainer's epoch loop, theirs =
-   ``model.train``; per-iteration step time (forward, loss, backward, optimizer step when due) and data
+c. training img/s at 320, batch 8, coco128 train, 1 epoch: ours = our Trainer's epoch loop in fp32, bf16
+   autocast (``--amp bf16``) and bf16 + channels_last (``--train-variants``), theirs = ``model.train`` (fp32:
+   ultralytics has no CPU autocast); per-iteration step time (forward, loss, backward, optimizer step when due) and data
    wait measured the same way (around the loader's ``next``, resp. batch start/end callbacks).
 d. validation of coco128 val at 640, wall time: ``Detector.val(backend="auto")`` (what ``yoloforge val``
    runs: on a CPU the fastest runtime at fp32, exported once before timing; rectangular batches) vs
@@ -26,6 +27,11 @@ d. validation of coco128 val at 640, wall time: ``Detector.val(backend="auto")``
 e. end-to-end predict over coco128 val at 640 (read, pre, model, post): ``Detector.predict(backend="auto")``
    and the int8 model of ``yoloforge quantize`` (OpenVINO) vs ultralytics' default ``model.predict`` (torch;
    rectangular letterbox). Issue goal: ours >= 4x faster.
+f. trained models on the demo data (ours: ``yoloforge demo``'s recipe; theirs: ultralytics' defaults at the
+   same epochs, size, batch), deployed as a CPU user would: ultralytics' OpenVINO export fp32 and int8
+   (``int8=True``, NNCF) against our ``backend="auto"`` and ``yoloforge quantize`` int8; end-to-end predict
+   over the demo val images in lock-step, with each path's mAP on that val split. Goal: ours >= 1.3x faster
+   than their fastest path at equal or better mAP. Needs ``nncf`` in the ultralytics venv.
 
 Note: ultralytics' yolov6n is not ours (4.50 M params / 13.0 GFLOPs vs 4.3 M / 11.0 fused): both are
 printed, and the ms-per-GFLOP column normalises model time by FLOPs.
@@ -231,14 +237,18 @@ class TimedLoader:
         return steps, waits
 
 
-def ours_train_epoch(data: Path, work: Path, imgsz: int, batch: int, workers: int, hook=None):
+# our training variants of (c): each lever of benchmarks/train_levers.py that the trainer exposes
+OURS_TRAIN = {"fp32": dict(amp="off"), "bf16": dict(amp="bf16"), "bf16+cl": dict(amp="bf16", channels_last=True)}
+
+
+def ours_train_epoch(data: Path, work: Path, imgsz: int, batch: int, workers: int, hook=None, **kw):
     from yoloforge.config import TrainConfig
     from yoloforge.engine.optim import warmup_iters
     from yoloforge.engine.trainer import Trainer
 
     cfg = TrainConfig(model="yolov6n", data=str(data), epochs=1, imgsz=imgsz, batch=batch, workers=workers,
                       device="cpu", project=str(work / "ours_runs"), name="t", exist_ok=True, close_mosaic=0,
-                      plots=False, verbose=False)
+                      plots=False, verbose=False, **kw)
     tr = Trainer(cfg)
     tr._setup()
     tr.train_loader = TimedLoader(tr.train_loader, hook)
@@ -247,43 +257,48 @@ def ours_train_epoch(data: Path, work: Path, imgsz: int, batch: int, workers: in
     return tr.train_loader.split()
 
 
-def part_c(ul, rows, data_train, work, rounds, threads):
-    """Theirs at its default threads (1 torch thread on a 2-core machine) and at ours, and yolov8n."""
+def part_c(ul, rows, data_train, work, rounds, threads, variants):
+    """Theirs at its default threads (1 torch thread on a 2-core machine) and at ours, and yolov8n; ours in each
+    of ``variants`` (OURS_TRAIN keys; bf16 only where the CPU has it natively, else it is emulated and slow)."""
     imgsz, batch, workers = 320, 8, 2
-    ours_s, ours_w = [], []
+    ours = {v: ([], []) for v in variants}
     theirs = {("yolov6n", None): ([], []), ("yolov6n", threads): ([], []), ("yolov8n", None): ([], [])}
     seen = {}
     for _ in range(rounds):
-        for (k, th), (ts, tw) in theirs.items():  # one epoch of ours in lock-step with each of theirs
-            ul.start("train", name=k, data=str(data_train), imgsz=imgsz, batch=batch, epochs=1, workers=workers,
-                     project=str(work / "ul_runs"), threads=th, lockstep=True)
-            alive = [ul.wait_tick()]  # theirs is set up and waits before its first batch
+        for (k, th), (ts, tw) in theirs.items():
+            for v, (os_, ow) in ours.items():  # one epoch of ours in lock-step with one of theirs
+                ul.start("train", name=k, data=str(data_train), imgsz=imgsz, batch=batch, epochs=1, workers=workers,
+                         project=str(work / "ul_runs"), threads=th, lockstep=True)
+                alive = [ul.wait_tick()]  # theirs is set up and waits before its first batch
 
-            def hook():
-                if alive[0]:
-                    ul.go()
-                    alive[0] = ul.wait_tick()
-            s, w = ours_train_epoch(data_train, work, imgsz, batch, workers, hook)
-            while alive[0]:
-                hook()
-            r = ul.result
-            ours_s += s[1:]  # the first iteration warms up (both sides)
-            ours_w += w[1:]
-            ts += r["steps"][1:]
-            tw += r["waits"][1:]
-            seen[(k, th)] = r["threads"]
+                def hook():
+                    if alive[0]:
+                        ul.go()
+                        alive[0] = ul.wait_tick()
+                s, w = ours_train_epoch(data_train, work, imgsz, batch, workers, hook, **OURS_TRAIN[v])
+                while alive[0]:
+                    hook()
+                r = ul.result
+                os_ += s[1:]  # the first iteration warms up (both sides)
+                ow += w[1:]
+                ts += r["steps"][1:]
+                tw += r["waits"][1:]
+                seen[(k, th)] = r["threads"]
 
     def ips(s, w):
         return batch / (statistics.median(s) + statistics.median(w))
-    o = ips(ours_s, ours_w)
-    ofrac = statistics.median(ours_w) / (statistics.median(ours_s) + statistics.median(ours_w))
-    for (k, th), (ts, tw) in theirs.items():
-        t = ips(ts, tw)
-        tfrac = statistics.median(tw) / (statistics.median(ts) + statistics.median(tw))
-        theirs_threads = seen[(k, th)]
-        rows.append([f"(c) train 320 b8 img/s vs ul {k} ({theirs_threads} thr)", o, t, o / t,
-                     f"step {med_ms(ours_s):.0f} vs {med_ms(ts):.0f} ms, data wait {100 * ofrac:.0f}% vs {100 * tfrac:.0f}%; "
-                     f"threads {torch.get_num_threads()} vs {theirs_threads}; {len(ours_s)} vs {len(ts)} iters"])
+
+    def frac(s, w):
+        return statistics.median(w) / (statistics.median(s) + statistics.median(w))
+    for v, (os_, ow) in ours.items():
+        o = ips(os_, ow)
+        for (k, th), (ts, tw) in theirs.items():
+            t = ips(ts, tw)
+            theirs_threads = seen[(k, th)]
+            rows.append([f"(c) train 320 b8 img/s, ours {v} vs ul {k} ({theirs_threads} thr)", o, t, o / t,
+                         f"step {med_ms(os_):.0f} vs {med_ms(ts):.0f} ms, data wait {100 * frac(os_, ow):.0f}% vs "
+                         f"{100 * frac(ts, tw):.0f}%; threads {torch.get_num_threads()} vs {theirs_threads}; "
+                         f"{len(os_)} vs {len(ts)} iters"])
 
 
 def part_d(ul, rows, data, weights, rounds, threads):
@@ -346,13 +361,73 @@ def part_e(ul, rows, weights, rounds, threads_list, data_train, work):
                          f"{1e3 * statistics.fmean(ours[k][th]):.0f} vs {1e3 * statistics.fmean(v):.0f}"])
 
 
+def part_f(ul, rows, work, rounds, threads):
+    """Trained models both sides on the demo data (ours: the demo recipe; theirs: ultralytics' defaults, same
+    epochs / size / batch / close_mosaic), then what a CPU user deploys: ultralytics' OpenVINO export at fp32 and
+    int8 (NNCF), ours through ``backend="auto"`` and ``yoloforge quantize`` (OpenVINO int8). End-to-end predict
+    (read, pre, model, post) over the demo val images in lock-step, and each path's mAP on that val split by
+    its own library's val (ours: pycocotools-exact; theirs: ultralytics' metric)."""
+    from _common import DEMO, demo_data, demo_model
+
+    from yoloforge.api import Detector
+    from yoloforge.quant.ptq import quantize
+
+    imgsz = DEMO["imgsz"]
+    data = demo_data(work / "demo")  # the demo's images (seed 0), a private copy: ultralytics writes .cache files
+    src = str(data.parent / "images" / "val")
+    best = demo_model(0)  # ours, trained once and cached (benchmarks/_common)
+    r = ul("train_full", name="yolov6n", data=str(data), imgsz=imgsz, batch=DEMO["batch"], epochs=DEMO["epochs"],
+           workers=DEMO["workers"], project=str(work / "ul_demo"), close_mosaic=DEMO["close_mosaic"], threads=threads)
+    print(f"(f) ultralytics yolov6n trained on the demo data in {r['seconds']:.0f} s", flush=True)
+    theirs = {"torch": r["best"]}
+    theirs["openvino fp32"] = ul("export_weights", weights=r["best"], format="openvino", imgsz=imgsz)["path"]
+    theirs["openvino int8"] = ul("export_weights", weights=r["best"], format="openvino", imgsz=imgsz, int8=True,
+                                 data=str(data))["path"]
+    rep = quantize(best, data, out_dir=work / "demo_int8", n_calib=32, sensitivity=False, evaluate=False, verbose=False)
+    ours_w = {"auto": str(best), "int8": str(Path(rep.openvino) / "model.xml")}
+    preds = {"auto": Detector(best).predictor(imgsz=imgsz, backend="auto"), "int8": Detector(ours_w["int8"]).predictor(imgsz=imgsz)}
+    kinds = {k: getattr(p.model, "kind", "torch") + (" int8" if k == "int8" else "") for k, p in preds.items()}
+    maps = {f"ours {k}": Detector(w).val(str(data), imgsz=imgsz, batch=1 if k == "int8" else 16, verbose=False,
+                                         **({"backend": "auto"} if k == "auto" else {})) for k, w in ours_w.items()}
+    maps = {k: (m.map, m.map50) for k, m in maps.items()}
+    for k, w in theirs.items():
+        v = ul("val_weights", weights=w, data=str(data), imgsz=imgsz, batch=16 if k == "torch" else 1, threads=threads)
+        maps[f"ul {k}"] = (v["map"], v["map50"])
+    for p in preds.values():
+        sum(1 for _ in p(src, stream=True))  # warm-up pass
+    ours_t = {k: [] for k in preds}
+    theirs_t = {k: [] for k in theirs}
+    for k, w in theirs.items():
+        ul("predict", name="yolov6n", source=src, imgsz=imgsz, threads=threads, weights=w)  # warm-up pass
+    for _ in range(rounds):
+        for k, w in theirs.items():  # image by image in lock-step: ours one image (each variant), theirs one, ...
+            gens = {o: p(src, stream=True) for o, p in preds.items()}
+            ul.start("predict", name="yolov6n", source=src, imgsz=imgsz, threads=threads, lockstep=True, weights=w)
+            while ul.wait_tick():
+                for o, gen in gens.items():
+                    t = time.perf_counter()
+                    next(gen, None)
+                    ours_t[o].append(time.perf_counter() - t)
+                ul.go()
+            theirs_t[k] += ul.result["per_image"][1:]
+    for o in preds:
+        for k in theirs:
+            a, b = med_ms(ours_t[o]), med_ms(theirs_t[k])
+            (om, om50), (tm, tm50) = maps[f"ours {o}"], maps[f"ul {k}"]
+            rows.append([f"(f) predict e2e ms/img demo {imgsz}, ours {o} vs ul {k}", a, b, a / b,
+                         f"speedup {b / a:.2f}x (goal >= 1.3x vs their best path); mAP50-95/mAP50 ours "
+                         f"{om:.3f}/{om50:.3f} ({kinds[o]}) vs theirs {tm:.3f}/{tm50:.3f}"])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ul-python", required=True, help="python of the ultralytics venv (see the docstring)")
-    ap.add_argument("--parts", default="a,b,c,d,e")
+    ap.add_argument("--parts", default="a,b,c,d,e,f")
     ap.add_argument("--n", type=int, default=20, help="measured rounds for (a) and (b)")
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds for (c), (d), (e)")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--train-variants", default="fp32,bf16,bf16+cl",
+                    help=f"ours in (c), of {','.join(OURS_TRAIN)} (bf16: natively only on AVX512-BF16 / AMX CPUs)")
     a = ap.parse_args()
     parts = set(a.parts.split(","))
     work = Path(a.workdir or tempfile.mkdtemp(prefix="yoloforge-vs-ul-"))
@@ -381,9 +456,10 @@ def main() -> int:
         rows = []
         for p, fn in (("a", lambda: part_a(ul, rows, info, a.n, threads)),
                       ("b", lambda: part_b(ul, rows, info, work, a.n)),
-                      ("c", lambda: part_c(ul, rows, data_train, work, a.rounds, threads)),
+                      ("c", lambda: part_c(ul, rows, data_train, work, a.rounds, threads, a.train_variants.split(","))),
                       ("d", lambda: part_d(ul, rows, data, weights, a.rounds, threads)),
-                      ("e", lambda: part_e(ul, rows, weights, a.rounds, [hello["default_threads"], threads], data_train, work))):
+                      ("e", lambda: part_e(ul, rows, weights, a.rounds, [hello["default_threads"], threads], data_train, work)),
+                      ("f", lambda: part_f(ul, rows, work, a.rounds, threads))):
             if p in parts:
                 t = time.perf_counter()
                 fn()
