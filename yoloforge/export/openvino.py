@@ -28,6 +28,26 @@ def require_openvino():
     return ov
 
 
+_CORE = None
+
+
+def openvino_core():
+    """The one ``ov.Core`` of this process, kept until it exits.
+
+    OpenVINO's CPU plugin (2026.4) installs its own alternate signal stack on the thread that creates it and, when
+    it is released, restores the stack it found only if its own is still the current one, then unmaps its own.
+    Two Cores released in creation order therefore leave the thread's alternate stack on unmapped memory, and the
+    next signal handled there is a SIGSEGV: CPython installs every Python-level handler with SA_ONSTACK, so Ctrl-C,
+    SIGTERM, or the SIGCHLD that torch's DataLoader listens for when a child process exits. That crashed the
+    one-process test suite, and would crash a user's script that predicts through OpenVINO twice and then trains
+    (reproducer and test: tests/test_openvino_core.py). One Core for the whole process is never released early.
+    """
+    global _CORE
+    if _CORE is None:
+        _CORE = require_openvino().Core()
+    return _CORE
+
+
 def _replace_dir(tmp: Path, final: Path) -> None:
     if final.exists():
         old = final.with_name(f".{final.name}.old")

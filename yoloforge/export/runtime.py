@@ -222,9 +222,9 @@ PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "auto": None}
 def native_bf16() -> bool:
     """Whether OpenVINO's CPU plugin runs bf16 natively here (AVX512-BF16 / AMX)."""
     try:
-        import openvino as ov
+        from yoloforge.export.openvino import openvino_core
 
-        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        return "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     except Exception:  # noqa: BLE001 - no openvino, or a build without the property
         return False
 
@@ -241,9 +241,8 @@ class OpenVINOBackend(Backend):
     kind = "openvino"
 
     def __init__(self, path: str | Path, device: str = "cpu", config: dict | None = None, precision: str = "fp32"):
-        from yoloforge.export.openvino import find_ir, read_openvino_meta, require_openvino
+        from yoloforge.export.openvino import find_ir, openvino_core, read_openvino_meta
 
-        ov = require_openvino()
         xml = find_ir(path)
         if not xml.is_file():
             raise CheckpointError(f"OpenVINO model not found: {xml}")
@@ -255,7 +254,7 @@ class OpenVINOBackend(Backend):
         cfg.update(config or {})
         dev = {"cpu": "CPU", "gpu": "GPU", "auto": "AUTO", "npu": "NPU"}.get(str(device).lower(), str(device))
         try:
-            core = ov.Core()
+            core = openvino_core()  # never a Core of its own: see openvino_core
             model = core.read_model(str(xml))
             self.compiled = core.compile_model(model, dev, cfg)
             self._core, self._model, self._dev, self._cfg = core, model, dev, cfg
