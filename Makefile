@@ -21,10 +21,10 @@ demo: venv
 	$(BIN)/yoloforge demo
 
 test: venv
-	$(BIN)/python tests/run_files.py
+	$(BIN)/python -m pytest -q
 
 test-slow: venv
-	$(BIN)/python tests/run_files.py -m slow
+	$(BIN)/python -m pytest -q -m slow
 
 clean:
 	rm -rf runs build *.egg-info

@@ -19,9 +19,9 @@ def randomize_bn(model: nn.Module, g: torch.Generator) -> nn.Module:
 def spawn_isolated(module: str, fn: str, args: tuple, nprocs: int = 2, timeout: int = 600) -> None:
     """``torch.multiprocessing.spawn(module.fn, args, nprocs)`` from a fresh interpreter.
 
-    The pytest process has loaded OpenVINO / ONNX Runtime and forked data-loader workers by then;
-    spawning DDP ranks from it crashed it once in a while (a segfault in a background thread), so
-    every multi-process test starts its ranks from a clean process instead.
+    The ranks do not inherit what earlier tests left in the pytest process (thread pools, loader workers,
+    signal handlers). The pytest process used to die here with SIGSEGV: not from DDP, but from OpenVINO's
+    alternate-signal-stack bug meeting the SIGCHLD of the child's exit (tests/test_openvino_core.py).
     """
     import subprocess
     import sys
