@@ -76,3 +76,70 @@ def test_resume_from_a_state_without_keys_is_one_line(tiny_data, tmp_path, capsy
     assert main(["train", "--resume", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
     assert "lacks ema" in err and len(err.splitlines()) == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 160 MB file system (tmpfs), mounted for the test: needs root and a kernel that allows it."""
+    import shutil
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command: the real full-disk test needs to mount a small tmpfs")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root / CAP_SYS_ADMIN): {r.stderr.strip()[:120]}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _fill(disk, leave: int) -> None:
+    """Write a filler file until only ``leave`` bytes are free on ``disk``."""
+    import errno
+    import os
+    import shutil
+
+    free = shutil.disk_usage(disk).free - leave
+    with open(disk / "filler", "wb") as f:
+        block = b"\0" * (1 << 20)
+        try:
+            while free > 0:
+                free -= f.write(block[:min(len(block), free)])
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def test_training_on_a_really_full_disk_keeps_the_last_state_and_resumes(tiny_data, small_disk, capsys):
+    """The disk fills up after epoch 1 (a real ENOSPC from the kernel, not a mock): epoch 2's save fails with
+    one line naming the disk, the epoch-1 files stay loadable, no temp file is left, and once space is freed
+    ``--resume`` finishes the run."""
+    from yoloforge.cli import main
+    from yoloforge.engine.callbacks import Callback
+    from yoloforge.config import TrainConfig
+    from yoloforge.engine.trainer import Trainer
+
+    class FillAfterEpoch1(Callback):
+        def on_epoch_end(self, trainer, epoch, row, metrics):
+            if epoch == 0:
+                _fill(small_disk, leave=1 << 20)
+
+    cfg = TrainConfig(model="yolov6n", data=str(tiny_data), epochs=2, imgsz=64, batch=4, nbs=4, workers=0,
+                      project=str(small_disk), name="run", plots=False, verbose=False, close_mosaic=0,
+                      val_interval=1, tensorboard=False, seed=0)
+    wdir = small_disk / "run" / "weights"
+    with pytest.raises(ckpt.CheckpointError, match=f"no space left on the disk of {wdir}.*is kept"):
+        Trainer(cfg, callbacks=[FillAfterEpoch1()]).train()
+    state = ckpt.load_state(wdir / "last.state.pt")
+    assert state["epoch"] == 1 and not state["finished"]
+    ckpt.load_model(wdir / "last.safetensors")
+    assert not list(wdir.glob(".*.tmp"))
+    (small_disk / "filler").unlink()
+    assert main(["train", "--resume", str(small_disk / "run")]) == 0
+    state = ckpt.load_state(wdir / "last.state.pt")
+    assert state["epoch"] == 2 and state["finished"]
