@@ -238,7 +238,23 @@ class TimedLoader:
 
 
 # our training variants of (c): each lever of benchmarks/train_levers.py that the trainer exposes
-OURS_TRAIN = {"fp32": dict(amp="off"), "bf16": dict(amp="bf16"), "bf16+cl": dict(amp="bf16", channels_last=True)}
+# "repopt": YOLOv6's RepOptimizer mode, a plain conv-BN-act network like ultralytics' yolov6n.yaml (the
+# like-for-like row); its gradient masks come from an untrained hyper_search model (speed only)
+OURS_TRAIN = {"fp32": dict(amp="off"), "bf16": dict(amp="bf16"), "bf16+cl": dict(amp="bf16", channels_last=True),
+              "repopt": dict(amp="off", training_mode="repopt"),
+              "repopt+bf16+cl": dict(amp="bf16", channels_last=True, training_mode="repopt")}
+
+
+def hs_scales(work: Path) -> str:
+    """Weights of an untrained yolov6n in hyper_search mode: what ``--scales`` of a repopt run reads."""
+    from yoloforge.models.registry import build_model
+    from yoloforge.utils.checkpoint import save_weights
+
+    p = work / "yolov6n_hyper_search.safetensors"
+    if not p.is_file():
+        m = build_model("yolov6n", training_mode="hyper_search")
+        save_weights(p, m, {"names": [str(i) for i in range(m.nc)]})
+    return str(p)
 
 
 def ours_train_epoch(data: Path, work: Path, imgsz: int, batch: int, workers: int, hook=None, **kw):
@@ -275,7 +291,8 @@ def part_c(ul, rows, data_train, work, rounds, threads, variants):
                     if alive[0]:
                         ul.go()
                         alive[0] = ul.wait_tick()
-                s, w = ours_train_epoch(data_train, work, imgsz, batch, workers, hook, **OURS_TRAIN[v])
+                kw = dict(OURS_TRAIN[v], **({"scales": hs_scales(work)} if v.startswith("repopt") else {}))
+                s, w = ours_train_epoch(data_train, work, imgsz, batch, workers, hook, **kw)
                 while alive[0]:
                     hook()
                 r = ul.result
@@ -375,14 +392,16 @@ def part_f(ul, rows, work, rounds, threads):
     imgsz = DEMO["imgsz"]
     data = demo_data(work / "demo")  # the demo's images (seed 0), a private copy: ultralytics writes .cache files
     src = str(data.parent / "images" / "val")
+    ul_yaml = work / "demo_ul.yaml"  # ultralytics reads a relative `path:` from its own datasets folder
+    ul_yaml.write_text(data.read_text().replace("path: .", f"path: {data.parent}"))
     best = demo_model(0)  # ours, trained once and cached (benchmarks/_common)
-    r = ul("train_full", name="yolov6n", data=str(data), imgsz=imgsz, batch=DEMO["batch"], epochs=DEMO["epochs"],
+    r = ul("train_full", name="yolov6n", data=str(ul_yaml), imgsz=imgsz, batch=DEMO["batch"], epochs=DEMO["epochs"],
            workers=DEMO["workers"], project=str(work / "ul_demo"), close_mosaic=DEMO["close_mosaic"], threads=threads)
     print(f"(f) ultralytics yolov6n trained on the demo data in {r['seconds']:.0f} s", flush=True)
     theirs = {"torch": r["best"]}
     theirs["openvino fp32"] = ul("export_weights", weights=r["best"], format="openvino", imgsz=imgsz)["path"]
     theirs["openvino int8"] = ul("export_weights", weights=r["best"], format="openvino", imgsz=imgsz, int8=True,
-                                 data=str(data))["path"]
+                                 data=str(ul_yaml))["path"]
     rep = quantize(best, data, out_dir=work / "demo_int8", n_calib=32, sensitivity=False, evaluate=False, verbose=False)
     ours_w = {"auto": str(best), "int8": str(Path(rep.openvino) / "model.xml")}
     preds = {"auto": Detector(best).predictor(imgsz=imgsz, backend="auto"), "int8": Detector(ours_w["int8"]).predictor(imgsz=imgsz)}
@@ -391,7 +410,7 @@ def part_f(ul, rows, work, rounds, threads):
                                          **({"backend": "auto"} if k == "auto" else {})) for k, w in ours_w.items()}
     maps = {k: (m.map, m.map50) for k, m in maps.items()}
     for k, w in theirs.items():
-        v = ul("val_weights", weights=w, data=str(data), imgsz=imgsz, batch=16 if k == "torch" else 1, threads=threads)
+        v = ul("val_weights", weights=w, data=str(ul_yaml), imgsz=imgsz, batch=16 if k == "torch" else 1, threads=threads)
         maps[f"ul {k}"] = (v["map"], v["map50"])
     for p in preds.values():
         sum(1 for _ in p(src, stream=True))  # warm-up pass
@@ -426,7 +445,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=20, help="measured rounds for (a) and (b)")
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds for (c), (d), (e)")
     ap.add_argument("--workdir", default=None)
-    ap.add_argument("--train-variants", default="fp32,bf16,bf16+cl",
+    ap.add_argument("--train-variants", default="fp32,bf16,bf16+cl,repopt+bf16+cl",
                     help=f"ours in (c), of {','.join(OURS_TRAIN)} (bf16: natively only on AVX512-BF16 / AMX CPUs)")
     a = ap.parse_args()
     parts = set(a.parts.split(","))
@@ -462,8 +481,10 @@ def main() -> int:
                       ("f", lambda: part_f(ul, rows, work, a.rounds, threads))):
             if p in parts:
                 t = time.perf_counter()
+                n0 = len(rows)
                 fn()
                 print(f"part {p} done in {time.perf_counter() - t:.0f} s, load {os.getloadavg()[0]:.2f}", flush=True)
+                print(table(["measurement", "ours", "ultralytics", "ours/theirs", "notes"], rows[n0:]), flush=True)
         print(table(["measurement", "ours", "ultralytics", "ours/theirs", "notes"], rows))
         print(f"load after: {os.getloadavg()}")
     finally:

@@ -432,6 +432,7 @@ def qat(weights: str | Path, data: str | Path, out_dir: str | Path, epochs: int 
                       hyp_override=dict(QAT_HYP, **({"atss_warmup_epochs": 0} if model.family == "yolov6" else {}),
                                         **(hyp_override or {})), plots=False, verbose=verbose,
                       tensorboard=False, scales=scales, teacher=str(weights) if distill == "cwd" else "",
+                      amp="off",  # fp32: the fake-quant grid and the convs must simulate the int8 graph, not bf16
                       distill=distill == "cwd", distill_feat=distill == "cwd")
     trainer = _qat_trainer_cls()(cfg, model=model)
     best = trainer.train()
