@@ -17,14 +17,15 @@ import torch
 
 from yoloforge.utils.checkpoint import load_state
 
-ARGS = ["--model", "yolov6n", "--epochs", "3", "--imgsz", "64", "--batch", "4", "--nbs", "4", "--workers", "0",
+EPOCHS = 48  # an epoch of the tiny data is ~0.4 s: 12 kill points land in many epochs before the run ends
+ARGS = ["--model", "yolov6n", "--imgsz", "64", "--batch", "4", "--nbs", "4", "--workers", "0",
         "--deterministic", "--seed", "5", "--close-mosaic", "1", "--val-interval", "1", "--no-plots",
         "--no-tensorboard", "--no-verbose"]
 
 
-def _train(data, project, name, extra=()):
+def _train(data, project, name, extra=(), epochs=EPOCHS):
     return [sys.executable, "-m", "yoloforge", "train", "--data", str(data), "--project", str(project), "--name",
-            name, "--exist-ok", *ARGS, *extra]
+            name, "--exist-ok", "--epochs", str(epochs), *ARGS, *extra]
 
 
 def _csv(run: Path):
@@ -35,8 +36,12 @@ def _csv(run: Path):
 @pytest.mark.slow
 def test_kills_at_random_points_resume_to_the_same_run(tiny_data, tmp_path):
     t0 = time.time()
+    subprocess.run(_train(tiny_data, tmp_path, "one", epochs=1), check=True, capture_output=True, timeout=600)
+    one = time.time() - t0
+    t0 = time.time()
     subprocess.run(_train(tiny_data, tmp_path, "straight"), check=True, capture_output=True, timeout=600)
-    length = time.time() - t0
+    epoch = (time.time() - t0 - one) / (EPOCHS - 1)  # seconds per epoch; one - epoch: start-up (imports, setup)
+    startup = max(one - epoch, 0.0)
     straight = load_state(tmp_path / "straight" / "weights" / "last.state.pt")
     rng = random.Random(15)
     sigs = [signal.SIGKILL, signal.SIGINT, signal.SIGTERM] * 4  # 12 kill points
@@ -48,12 +53,15 @@ def test_kills_at_random_points_resume_to_the_same_run(tiny_data, tmp_path):
             break
         cmd = _train(tiny_data, tmp_path, "killed", ["--resume", str(run)] if resume else [])
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        at = rng.uniform(0.3, 0.6) * length
+        at = startup + rng.uniform(0.05, 1.0) * epoch  # inside the first epoch after start-up, or in start-up
+
         time.sleep(at)
         p.send_signal(sig)
         _, err = p.communicate(timeout=300)
         assert "Traceback" not in err, err[-3000:]
-        log.append((signal.Signals(sig).name, round(at, 1), p.returncode))
+        st = run / "weights" / "last.state.pt"
+        where = (lambda s: (s["epoch"], s["batch"]))(load_state(st)) if st.is_file() else None
+        log.append((signal.Signals(sig).name, round(at, 1), p.returncode, where))
     # finish what is left
     while True:
         st = run / "weights" / "last.state.pt"
@@ -61,7 +69,11 @@ def test_kills_at_random_points_resume_to_the_same_run(tiny_data, tmp_path):
             break
         subprocess.run(_train(tiny_data, tmp_path, "killed", ["--resume", str(run)] if st.is_file() else []),
                        check=True, capture_output=True, timeout=600)
-    print("\nkill points (signal, seconds, exit code):", log)
+    print("\nkill points (signal, seconds, exit code, (epoch, batch) of the state after it):", log)
+    a, b = _csv(tmp_path / "straight"), _csv(run)
+    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    if first is not None:
+        print("first differing results.csv row:", a[first], b[first], sep="\n")
     assert len(log) >= 10
     killed = load_state(run / "weights" / "last.state.pt")
     for part in ("model", "ema"):

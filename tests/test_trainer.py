@@ -201,3 +201,32 @@ def test_resume_from_another_directory_with_relative_data(tiny_data, tmp_path, m
     monkeypatch.chdir(tmp_path)
     Trainer(TrainConfig(resume=str(tmp_path / "rel"), workers=0), resume_epochs=2).train()
     assert _final_state(tmp_path / "rel")["epoch"] == 2
+
+
+@pytest.mark.parametrize("where,at", [("evaluate", 1), ("_adapt_threads", 2), ("_write_csv", 1)])
+def test_interrupt_between_steps_resumes_exactly(tiny_data, tmp_path, monkeypatch, where, at):
+    """Ctrl-C where no optimizer step happened since the newest state: during an epoch's validation, at the start
+    of the next epoch (the saved state used to claim that epoch's batches were done: the resume skipped them),
+    while results.csv is written. The resumed run must equal the uninterrupted one."""
+    import yoloforge.engine.trainer as T
+
+    Trainer(_cfg(tiny_data, tmp_path, "straight", epochs=3, val_interval=1)).train()
+    straight = _final_state(tmp_path / "straight")
+    owner = T if where == "evaluate" else Trainer
+    orig, calls = getattr(owner, where), {"n": 0}
+
+    def hit(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == at + 1:
+            raise KeyboardInterrupt
+        return orig(*a, **k)
+
+    monkeypatch.setattr(owner, where, hit)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(_cfg(tiny_data, tmp_path, "cut", epochs=3, val_interval=1)).train()
+    monkeypatch.setattr(owner, where, orig)
+    Trainer(TrainConfig(resume=str(tmp_path / "cut"), workers=0)).train()
+    resumed = _final_state(tmp_path / "cut")
+    for part in ("model", "ema"):
+        for k, v in straight[part].items():
+            assert torch.equal(v, resumed[part][k]), (part, k)

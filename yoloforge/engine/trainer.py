@@ -131,6 +131,7 @@ class Trainer:
         self._last_step_batch = 0
         self.iteration = 0
         self._saved_at = None  # where the newest state written is from ("epoch 3, batch 5")
+        self._saved_step_it = None  # the last optimizer step (global iteration) inside the newest state written
         self.rows: list[dict] = []  # results.csv, kept in the resume state too (a kill never loses a row)
         self._loss_at_step = None  # (sum of batch losses, batches) of this epoch up to the last optimizer step
         self.stop_reason: str | None = None  # set by request_stop()
@@ -401,6 +402,7 @@ class Trainer:
         self.start_epoch, self.start_batch = int(s["epoch"]), int(s["batch"])
         self.best_fitness, self.bad_epochs = float(s["best_fitness"]), int(s.get("bad_epochs", 0))
         self.last_step_it = int(s.get("last_step_it", -1))
+        self._saved_step_it = self.last_step_it  # the state just read is current until the next step
         self.rows = [dict(r) for r in s.get("rows", [])]
         if "rows" not in s and self.csv_path.is_file():  # a state from before rows were kept in it
             with open(self.csv_path, newline="") as f:
@@ -432,6 +434,7 @@ class Trainer:
                  "loss_n": self._loss_at_step[1] if (batch and self._loss_at_step) else 0,
                  "cfg": self.cfg.to_dict(), "rng": _rng_state(), "finished": finished}
         ckpt.save_state(self.wdir / "last.state.pt", state)
+        self._saved_step_it = self.last_step_it
         ckpt.save_weights(self.wdir / "last.safetensors", self.ema.ema, self._meta(epoch))
         self._saved_at = f"epoch {epoch + 1}, batch {batch}" if batch else f"the end of epoch {epoch}"
 
@@ -474,10 +477,16 @@ class Trainer:
                     break
         except KeyboardInterrupt:
             if self.main:
-                self._restore_step_buffers()
-                self._save_state(epoch, self._last_step_batch)
-                LOG.warning(f"interrupted: state saved at epoch {epoch + 1}, batch {self._last_step_batch}; "
-                            f"continue with: yoloforge train --resume {self.run_dir}")
+                if self._saved_step_it == self.last_step_it and (self.wdir / "last.state.pt").is_file():
+                    # no optimizer step since the newest state (e.g. an epoch's end, its val, or the next epoch's
+                    # first batch): that state is exact, a new one would only mislabel where the run stands
+                    LOG.warning(f"interrupted: the state saved at {self._saved_at} is current; "
+                                f"continue with: yoloforge train --resume {self.run_dir}")
+                else:
+                    self._restore_step_buffers()
+                    self._save_state(epoch, self._last_step_batch)
+                    LOG.warning(f"interrupted: state saved at epoch {epoch + 1}, batch {self._last_step_batch}; "
+                                f"continue with: yoloforge train --resume {self.run_dir}")
             raise
         finally:
             if old_term is not None:
