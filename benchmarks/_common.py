@@ -34,6 +34,18 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def finish_figure(fig, axes, path) -> None:
+    """Grid and legend on every axis, tight layout, save ``path`` at 110 dpi, close."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def shapes_data(n_train: int = 64, n_val: int = 16, imgsz: int = 320) -> Path:
     from yoloforge.data.synthetic import make_shapes_dataset
 

@@ -19,7 +19,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from _common import DEMO, demo_data, table, train_cached
+from _common import DEMO, demo_data, finish_figure, table, train_cached
 
 from yoloforge.utils.cpu import cpu_flags
 
@@ -49,12 +49,7 @@ def plot(runs: dict, path: Path) -> None:
         ax[1].plot(ep, [float(r["metrics/mAP50-95"]) for r in rows], style, color=colors[amp], label=label)
     ax[0].set(xlabel="epoch", ylabel="training loss (sum of the components)", title="training loss")
     ax[1].set(xlabel="epoch", ylabel="mAP50-95 (val, fp32 evaluation)", title="validation mAP50-95")
-    for a in ax:
-        a.grid(alpha=0.3)
-        a.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish_figure(fig, ax, path)
 
 
 def main() -> None:

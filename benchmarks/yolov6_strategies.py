@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _common import DEMO, table
+from _common import DEMO, finish_figure, table
 from _common import demo_data as make_demo_data
 from _common import train_cached as train
 
@@ -98,12 +98,7 @@ def plot_ranges(out: Path, series: dict[str, tuple[list[str], np.ndarray, np.nda
     axes[1].set_ylabel("max |weight|")
     axes[1].set_xlabel("fused convolution (network order)")
     axes[0].set_title("per-layer ranges of the fused models: what int8 has to cover")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    finish_figure(fig, axes, out)
 
 
 def main() -> None:
