@@ -86,7 +86,9 @@ def test_risky_convs_are_the_yolov6_stem_branch():
 
 def test_channels_last_training_step_survives_and_matches_nchw(tmp_path):
     env = _malloc_debug_env()
-    bare = subprocess.run([sys.executable, "-c", BARE], capture_output=True, text=True, env=env, timeout=300)
+    # cwd: where a core dump of the crashing reproducer would land (never the checkout)
+    bare = subprocess.run([sys.executable, "-c", BARE], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=tmp_path)
     out = tmp_path / "grads.pt"
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(GUARDED), str(out)], capture_output=True, text=True,
                        env=env, timeout=600)

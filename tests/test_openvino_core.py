@@ -57,7 +57,8 @@ print("survived", flush=True)
 
 
 def test_backends_released_in_creation_order_keep_signals_working(tmp_path):
-    bare = subprocess.run([sys.executable, "-c", BARE], capture_output=True, text=True, timeout=300)
+    # cwd: where a core dump of the crashing reproducer would land (never the checkout)
+    bare = subprocess.run([sys.executable, "-c", BARE], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     print(f"bare OpenVINO reproducer: rc {bare.returncode}" + (" (SIGSEGV: the plugin bug is present)"
                                                               if bare.returncode == -11 else ""))
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(OURS), str(tmp_path)], capture_output=True, text=True,
