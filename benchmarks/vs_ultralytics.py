@@ -273,12 +273,13 @@ def ours_train_epoch(data: Path, work: Path, imgsz: int, batch: int, workers: in
     return tr.train_loader.split()
 
 
-def part_c(ul, rows, data_train, work, rounds, threads, variants):
+def part_c(ul, rows, info, data_train, work, rounds, threads, variants):
     """Theirs at its default threads (1 torch thread on a 2-core machine) and at ours, and yolov8n; ours in each
     of ``variants`` (OURS_TRAIN keys; bf16 only where the CPU has it natively, else it is emulated and slow)."""
     imgsz, batch, workers = 320, 8, 2
     ours = {v: ([], []) for v in variants}
-    theirs = {("yolov6n", None): ([], []), ("yolov6n", threads): ([], []), ("yolov8n", None): ([], [])}
+    theirs = {("yolov6n", None): ([], []), ("yolov6n", threads): ([], []), ("yolov8n", None): ([], []),
+              ("yolov8n", threads): ([], [])}
     seen = {}
     for _ in range(rounds):
         for (k, th), (ts, tw) in theirs.items():
@@ -312,7 +313,9 @@ def part_c(ul, rows, data_train, work, rounds, threads, variants):
         for (k, th), (ts, tw) in theirs.items():
             t = ips(ts, tw)
             theirs_threads = seen[(k, th)]
+            per_gflop = (o * info["ours_gflops"]) / (t * info[k]["gflops_fused"])  # img/s x GFLOPs (640, fused)
             rows.append([f"(c) train 320 b8 img/s, ours {v} vs ul {k} ({theirs_threads} thr)", o, t, o / t,
+                         f"per GFLOP {per_gflop:.2f}x; "
                          f"step {med_ms(os_):.0f} vs {med_ms(ts):.0f} ms, data wait {100 * frac(os_, ow):.0f}% vs "
                          f"{100 * frac(ts, tw):.0f}%; threads {torch.get_num_threads()} vs {theirs_threads}; "
                          f"{len(os_)} vs {len(ts)} iters"])
@@ -475,7 +478,7 @@ def main() -> int:
         rows = []
         for p, fn in (("a", lambda: part_a(ul, rows, info, a.n, threads)),
                       ("b", lambda: part_b(ul, rows, info, work, a.n)),
-                      ("c", lambda: part_c(ul, rows, data_train, work, a.rounds, threads, a.train_variants.split(","))),
+                      ("c", lambda: part_c(ul, rows, info, data_train, work, a.rounds, threads, a.train_variants.split(","))),
                       ("d", lambda: part_d(ul, rows, data, weights, a.rounds, threads)),
                       ("e", lambda: part_e(ul, rows, weights, a.rounds, [hello["default_threads"], threads], data_train, work)),
                       ("f", lambda: part_f(ul, rows, work, a.rounds, threads))):
