@@ -21,7 +21,7 @@ from pathlib import Path
 
 from _common import DEMO, demo_data, finish_figure, table, train_cached
 
-from yoloforge.utils.cpu import cpu_flags
+from yoloforge.utils.cpu import BF16_FLAGS, cpu_flags
 
 
 def _rows(run: Path) -> list[dict]:
@@ -68,7 +68,7 @@ def main() -> None:
         for amp in ("off", "bf16"):
             best = train_cached(root / "runs", f"{a.model}_{amp}_s{seed}_e{a.epochs}", data, seed, settings, amp=amp)
             runs[(amp, seed)] = _rows(best.parent.parent)
-    native = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16"}) or ["none (bf16 emulated)"]
+    native = sorted(cpu_flags() & BF16_FLAGS) or ["none (bf16 emulated)"]
     print(f"{a.model}, demo recipe, {a.epochs} epochs at {DEMO['imgsz']}, batch {DEMO['batch']}; native bf16: {', '.join(native)}")
     rows, summary = [], {}
     for (amp, seed), rr in runs.items():

@@ -32,18 +32,9 @@ from yoloforge.data.dataset import DetectionDataset
 from yoloforge.data.formats import load_data_yaml
 from yoloforge.data.loader import build_dataloader
 from yoloforge.engine.optim import build_optimizer
+from yoloforge.engine.trainer import to_float
 from yoloforge.models.registry import build_model
-from yoloforge.utils.cpu import cpu_flags
-
-
-def _float(x):
-    if isinstance(x, torch.Tensor):
-        return x.float()
-    if isinstance(x, (list, tuple)):
-        return type(x)(_float(v) for v in x)
-    if isinstance(x, dict):
-        return {k: _float(v) for k, v in x.items()}
-    return x
+from yoloforge.utils.cpu import BF16_FLAGS, cpu_flags
 
 
 class Variant:
@@ -82,7 +73,7 @@ class Variant:
         x = imgs.contiguous(memory_format=torch.channels_last) if self.cl else imgs
         with torch.autocast("cpu", torch.bfloat16, enabled=self.bf16):
             out = self.fwd(x)
-        loss, _ = self.loss_fn(_float(out), targets, 10)
+        loss, _ = self.loss_fn(to_float(out), targets, 10)
         loss.backward()
         self.opt.step()
         self.opt.zero_grad()
@@ -122,7 +113,7 @@ def main() -> None:
             for _ in range(a.steps):
                 v.times.append(v.step())
     flags = cpu_flags()
-    native = sorted(flags & {"avx512_bf16", "amx_bf16"}) or ["none"]
+    native = sorted(flags & BF16_FLAGS) or ["none"]
     print(f"{a.model} at {a.imgsz}, batch {a.batch}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"native bf16 on this CPU: {', '.join(native)}; {a.rounds} rounds x {a.steps} steps per variant")
     base = next((statistics.median(v.times) for v in variants if v.name == "base"), None)

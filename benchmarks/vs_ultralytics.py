@@ -133,13 +133,16 @@ def prepare_data(work: Path) -> tuple[Path, Path]:
     return full, train
 
 
-def ours_weights(work: Path, name: str = "yolov6n") -> Path:
+def ours_weights(work: Path, name: str = "yolov6n", training_mode: str = "") -> Path:
+    """Untrained weights of ``name`` (80 classes); ``training_mode`` e.g. hyper_search: what ``--scales`` of a
+    repopt run reads."""
     from yoloforge.models.registry import build_model
     from yoloforge.utils.checkpoint import save_weights
 
-    m = build_model(name)
+    m = build_model(name, **({"training_mode": training_mode} if training_mode else {}))
     m.names = [str(i) for i in range(m.nc)]
-    return save_weights(work / f"{name}.safetensors", m, {"names": m.names, "imgsz": 640})
+    stem = f"{name}_{training_mode}" if training_mode else name
+    return save_weights(work / f"{stem}.safetensors", m, {"names": m.names, "imgsz": 640})
 
 
 # ----------------------------------------------------------------------------------------------- parts
@@ -245,17 +248,6 @@ OURS_TRAIN = {"fp32": dict(amp="off"), "bf16": dict(amp="bf16"), "bf16+cl": dict
               "repopt+bf16+cl": dict(amp="bf16", channels_last=True, training_mode="repopt")}
 
 
-def hs_scales(work: Path) -> str:
-    """Weights of an untrained yolov6n in hyper_search mode: what ``--scales`` of a repopt run reads."""
-    from yoloforge.models.registry import build_model
-    from yoloforge.utils.checkpoint import save_weights
-
-    p = work / "yolov6n_hyper_search.safetensors"
-    if not p.is_file():
-        m = build_model("yolov6n", training_mode="hyper_search")
-        save_weights(p, m, {"names": [str(i) for i in range(m.nc)]})
-    return str(p)
-
 
 def ours_train_epoch(data: Path, work: Path, imgsz: int, batch: int, workers: int, hook=None, **kw):
     from yoloforge.config import TrainConfig
@@ -281,6 +273,7 @@ def part_c(ul, rows, info, data_train, work, rounds, threads, variants):
     theirs = {("yolov6n", None): ([], []), ("yolov6n", threads): ([], []), ("yolov8n", None): ([], []),
               ("yolov8n", threads): ([], [])}
     seen = {}
+    scales = str(ours_weights(work, training_mode="hyper_search")) if any(v.startswith("repopt") for v in variants) else ""
     for _ in range(rounds):
         for (k, th), (ts, tw) in theirs.items():
             for v, (os_, ow) in ours.items():  # one epoch of ours in lock-step with one of theirs
@@ -292,7 +285,7 @@ def part_c(ul, rows, info, data_train, work, rounds, threads, variants):
                     if alive[0]:
                         ul.go()
                         alive[0] = ul.wait_tick()
-                kw = dict(OURS_TRAIN[v], **({"scales": hs_scales(work)} if v.startswith("repopt") else {}))
+                kw = dict(OURS_TRAIN[v], **({"scales": scales} if v.startswith("repopt") else {}))
                 s, w = ours_train_epoch(data_train, work, imgsz, batch, workers, hook, **kw)
                 while alive[0]:
                     hook()

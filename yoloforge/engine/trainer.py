@@ -97,9 +97,10 @@ def amp_dtype(mode: str | bool, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16 if mode == "bf16" else torch.float16
     if mode == "fp16":
         raise ValueError("--amp fp16 is for CUDA; on a CPU use --amp bf16 (or auto)")
-    if mode == "auto" and not native_bf16_cpu():
+    native = native_bf16_cpu()
+    if mode == "auto" and not native:
         return None
-    if mode == "bf16" and not native_bf16_cpu():
+    if mode == "bf16" and not native:
         LOG.warning("--amp bf16 on a CPU without native bf16 (no AVX512-BF16 / AMX): emulated, about 10x slower than fp32")
     return torch.bfloat16
 
