@@ -1,7 +1,8 @@
 """Training-step levers on this CPU, each alone and together, side by side in one run (issue "Training speed").
 
     python benchmarks/train_levers.py [--model yolov6n] [--imgsz 320] [--batch 8] [--steps 6] [--rounds 2]
-                                      [--levers base,channels_last,bf16,compile,all]
+                                      [--levers base,channels_last,bf16,channels_last+bf16,compile,
+                                                channels_last+compile,bf16+compile,all]
 
 One training step = forward, the model's own loss, backward, SGD step, on fixed augmented batches of the
 generated shapes data (the loader is not in the step; ``train_throughput.py`` measures it). Levers:
@@ -14,8 +15,9 @@ Rounds alternate the variants (base, lever, base, lever, ...) so machine noise h
 the median step time of every variant and its speed relative to ``base``.
 
 Measured with torch 2.13.0+cpu, yolov6n 320 b8, 2 threads. On a 2-core AMD EPYC with AVX512-BF16: base 368 ms/step
-(21.7 img/s), channels_last 1.25x, bf16 1.72x, both 2.08x; compile (layout optimization off, see below) 1.13x after
-78 s of compiling. On the AVX2-only EPYC of earlier runs: base 852 ms, bf16 8180 ms (0.10x, emulated: ``--amp
+(21.7 img/s), channels_last 1.25x, bf16 1.72x, both 2.08x. compile (as ``yoloforge train --compile``: layout
+optimization off, see compile_for_training) on an empty inductor cache: fp32 1.09x (1.22x in another run) after
+74 s of compiling, but slower than eager in every combination with channels_last or bf16 (0.82-0.92x). On the AVX2-only EPYC of earlier runs: base 852 ms, bf16 8180 ms (0.10x, emulated: ``--amp
 auto`` keeps fp32 there); channels_last crashed there before the oneDNN guard existed.
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ from yoloforge.data.dataset import DetectionDataset
 from yoloforge.data.formats import load_data_yaml
 from yoloforge.data.loader import build_dataloader
 from yoloforge.engine.optim import build_optimizer
-from yoloforge.engine.trainer import to_float
+from yoloforge.engine.trainer import compile_for_training, to_float
 from yoloforge.models.registry import build_model
 from yoloforge.utils.cpu import BF16_FLAGS, cpu_flags
 
@@ -50,14 +52,8 @@ class Variant:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.fwd = self.model
         self.compile_s = 0.0
-        if compile_:
-            import torch._inductor.config as inductor_config
-
-            # inductor's layout optimization turns the convolutions NHWC, out of reach of the detectors' guard
-            # against oneDNN 3.12's channels_last weight-gradient overflow (tests/test_onednn_guard.py): with it on,
-            # the compiled training step aborted here with "free(): invalid next size"
-            inductor_config.layout_optimization = False
-            self.fwd = torch.compile(self.model)
+        if compile_:  # as `yoloforge train --compile`: inductor's layout optimization off (see compile_for_training)
+            self.fwd = compile_for_training(self.model)
         self.k = 0
         self.times: list[float] = []
         if compile_:
@@ -100,7 +96,8 @@ def main() -> None:
         if len(batches) == 4:
             break
     spec = {"base": (False, False, False), "channels_last": (True, False, False), "bf16": (False, True, False),
-            "channels_last+bf16": (True, True, False), "compile": (False, False, True), "all": (True, True, True)}
+            "channels_last+bf16": (True, True, False), "compile": (False, False, True), "channels_last+compile": (True, False, True),
+            "bf16+compile": (False, True, True), "all": (True, True, True)}
     variants = []
     for name in a.levers.split(","):
         cl, bf, co = spec[name]

@@ -1,11 +1,16 @@
+import atexit
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")  # before torch is imported
-# label-scan caches go to a temporary dir, never beside ../shared/data (read-only by convention)
-os.environ.setdefault("YOLOFORGE_CACHE_DIR", tempfile.mkdtemp(prefix="yoloforge-cache-"))
+# label-scan caches go to a temporary dir, never beside ../shared/data (read-only by convention); removed at exit
+if "YOLOFORGE_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="yoloforge-cache-")
+    os.environ["YOLOFORGE_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

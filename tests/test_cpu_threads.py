@@ -67,3 +67,38 @@ def test_trainer_threads_fixed_or_auto(tiny_data, tmp_path, monkeypatch):
         assert t._core_meter is None
     finally:
         torch.set_num_threads(before)
+
+
+def test_auto_workers_follow_the_device_and_the_free_cores():
+    from yoloforge.data.loader import auto_workers
+
+    assert auto_workers("cpu", 2) == 2 and auto_workers("cpu", 16) == 2 and auto_workers("cpu", 1) == 1
+    assert auto_workers("cuda", 16) == 8 and auto_workers("cuda", 4) == 3  # one core feeds the GPU
+    assert auto_workers("cuda", 16, world_size=4) == 3 and auto_workers("cuda", 1) == 1
+
+
+def test_trainer_workers_auto_take_the_free_cores(tiny_data, tmp_path, monkeypatch):
+    from yoloforge.config import TrainConfig
+    from yoloforge.engine.trainer import Trainer
+
+    assert TrainConfig().workers == -1
+    with pytest.raises(ValueError, match="workers"):
+        TrainConfig(workers=-2)
+    before = torch.get_num_threads()
+    common = dict(model="yolov6n", data=str(tiny_data), epochs=1, imgsz=64, batch=8, plots=False, verbose=False,
+                  tensorboard=False, project=str(tmp_path), exist_ok=True, threads=1)
+    try:
+        monkeypatch.setattr(cpu, "measure_others", lambda seconds=0.5: 0.0)
+        monkeypatch.setattr(cpu, "available_cores", lambda: 2)
+        t = Trainer(dict(common, name="idle"))
+        t.train()
+        assert t.workers == 2 and t.train_loader.num_workers == 2
+        monkeypatch.setattr(cpu, "measure_others", lambda seconds=0.5: 1.0)  # one of the two cores busy elsewhere
+        t = Trainer(dict(common, name="shared"))
+        t.train()
+        assert t.workers == 1 and t.train_loader.num_workers == 1
+        t = Trainer(dict(common, name="fixed", workers=0))  # the user's count is kept
+        t.train()
+        assert t.workers == 0 and t.train_loader.num_workers == 0
+    finally:
+        torch.set_num_threads(before)

@@ -236,7 +236,7 @@ class TrainConfig:
     imgsz: int = 640
     batch: int = 16
     nbs: int = 64  # nominal batch size: gradients accumulate up to it
-    workers: int = 2
+    workers: int = -1  # loader processes; -1 = auto (CPU: 2, GPU: up to 8; never more than the free cores)
     threads: int = 0  # torch intra-op threads on CPU; 0 = the cores other processes leave free, checked every epoch
     device: str = ""  # "" = cuda:LOCAL_RANK if available else cpu
     weights: str = ""  # start from these weights (yoloforge .safetensors)
@@ -250,6 +250,7 @@ class TrainConfig:
     deterministic: bool = False
     channels_last: bool = False  # NHWC model and batches (CPU: 1.25x for yolov6n at 320, benchmarks/train_levers.py)
     amp: str = "auto"  # auto: fp16 on CUDA, bf16 on a CPU with native bf16, else off; or fp16 | bf16 | off
+    compile: str = ""  # torch.compile backend of the training forward ("inductor"); "" = eager
     val_interval: int = 1
     close_mosaic: int = -1  # epochs at the end trained without mosaic/mixup; -1 = the preset's (YOLOv6 15, else 0)
     patience: int = 0  # stop after this many epochs without improvement (0 = never)
@@ -272,12 +273,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.amp, bool):  # configs and resume states from before amp took a mode
             self.amp = "auto" if self.amp else "off"
+        if isinstance(self.compile, bool):  # Detector.train(compile=True)
+            self.compile = "inductor" if self.compile else ""
         checks = {
             "epochs": self.epochs >= 1,
             "imgsz": self.imgsz >= 32 and self.imgsz % 32 == 0,
             "batch": self.batch >= 1,
             "nbs": self.nbs >= 1,
-            "workers": self.workers >= 0,
+            "workers": self.workers >= -1,
             "threads": self.threads >= 0,
             "val_interval": self.val_interval >= 1,
             "close_mosaic": self.close_mosaic >= -1,

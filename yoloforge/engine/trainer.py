@@ -36,6 +36,26 @@ from yoloforge.utils.logging import get_logger
 LOG = get_logger()
 
 
+def compile_for_training(model: nn.Module, backend: str = "inductor", device: torch.device | None = None):
+    """``--compile BACKEND``: ``torch.compile`` of the training forward; the model, its EMA and the saved weights
+    stay the eager module. On CPU, inductor's layout optimization is turned off: it would make the convolutions
+    NHWC behind the back of the oneDNN guard (models/base.py), and the compiled step then corrupted the heap
+    (benchmarks/train_levers.py); and the guard's layout fix is applied before tracing."""
+    import torch._dynamo
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:
+        raise ValueError(f"bad config value compile={backend!r}: use one of {', '.join(sorted(known))}")
+    if device is None or device.type == "cpu":
+        import torch._inductor.config as inductor_config
+
+        from yoloforge.models.base import apply_onednn_guard
+
+        inductor_config.layout_optimization = False  # process-wide; the oneDNN bug is CPU-only
+        apply_onednn_guard(unwrap(model))
+    return torch.compile(model, backend=backend)
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, bad resume state, ...); the message says why."""
 
@@ -158,6 +178,8 @@ class Trainer:
         self.device = ddp.setup(cfg.device)
         self._set_threads()
         self.rank, self.world = ddp.rank(), ddp.world_size()
+        if self.device.type == "cuda" and not cfg.deterministic:
+            torch.backends.cudnn.benchmark = True  # fastest kernels per input shape (the official scripts too)
         self.main = self.rank == 0
         seed_everything(cfg.seed + self.rank, cfg.deterministic)
 
@@ -201,7 +223,10 @@ class Trainer:
         self.batch = cfg.batch // self.world if self.world > 1 else cfg.batch
         if self.world > 1 and cfg.batch % self.world:
             raise ValueError(f"batch {cfg.batch} is not divisible by the {self.world} DDP processes")
-        self.train_loader = build_dataloader(self.train_ds, self.batch, cfg.workers, shuffle=bool(self.hyp["shuffle"]),
+        from yoloforge.data.loader import auto_workers
+
+        self.workers = cfg.workers if cfg.workers >= 0 else auto_workers(self.device.type, self.free_cores, self.world)
+        self.train_loader = build_dataloader(self.train_ds, self.batch, self.workers, shuffle=bool(self.hyp["shuffle"]),
                                              seed=cfg.seed,
                                              rank=self.rank, world_size=self.world, drop_last=self.world > 1)
         self.val_loader = None
@@ -209,7 +234,7 @@ class Trainer:
             val_batch = max(self.batch * 2, 2)  # rectangular batches, as the official train-time test
             self.val_ds = DetectionDataset(self.data.val, self.names, imgsz=cfg.imgsz, augment=False,
                                            seed=cfg.seed, verbose=verbose, stride=max_stride, rect_batch=val_batch)
-            self.val_loader = build_dataloader(self.val_ds, val_batch, cfg.workers, shuffle=False, seed=cfg.seed)
+            self.val_loader = build_dataloader(self.val_ds, val_batch, self.workers, shuffle=False, seed=cfg.seed)
 
         self.accumulate = max(round(cfg.nbs / cfg.batch), 1)
         self.nominal_accumulate = cfg.nbs / cfg.batch  # the warm-up ramps the accumulation from 1 to this
@@ -251,6 +276,12 @@ class Trainer:
             if cfg.sync_bn:
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.model = ddp.wrap(self.model, self.device)
+        self.train_forward = self.model
+        if cfg.compile:
+            if self.main:
+                LOG.info(f"torch.compile({cfg.compile}) of the training forward: the first steps compile (a minute "
+                         f"or more on CPU for a small model), later ones run the compiled graph")
+            self.train_forward = compile_for_training(self.model, cfg.compile, self.device)
 
     def _set_threads(self) -> None:
         """CPU: ``--threads N``, else (auto) the cores other processes leave free, re-checked every epoch by
@@ -258,12 +289,14 @@ class Trainer:
         from yoloforge.utils import cpu
 
         self._core_meter = None
+        others = cpu.measure_others(0.3)
+        self.free_cores = cpu.free_threads(others)  # also sizes the loader of --workers -1
         if self.device.type != "cpu":
             return
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         elif not self.cfg.deterministic and "OMP_NUM_THREADS" not in os.environ:
-            n = cpu.free_threads(cpu.measure_others(0.3))
+            n = self.free_cores
             torch.set_num_threads(n)
             self._core_meter = cpu.CoreMeter()
             if n < cpu.available_cores():
@@ -529,11 +562,11 @@ class Trainer:
             imgs = imgs.to(self.device, non_blocking=True).float().div_(255)
             if self.cfg.channels_last:
                 imgs = imgs.contiguous(memory_format=torch.channels_last)
-            targets = targets.to(self.device)
+            targets = targets.to(self.device, non_blocking=True)
             if self.hyp.get("multi_scale") or self.hyp.get("sat_eps", 0) > 0:
                 imgs, targets = self._bag_of_freebies(imgs, targets, epoch, i)
             with self._autocast():
-                outputs = self.model(imgs)
+                outputs = self.train_forward(imgs)
                 teacher_out = None
                 if self.teacher is not None:
                     with torch.no_grad():

@@ -35,16 +35,25 @@ def _plain_layout_pre_hook(conv: nn.Conv2d, args):
     return None
 
 
-def _guard_onednn(model: nn.Module, args) -> None:
-    """Forward pre-hook of every detector: on CPU with gradients on, the risky convolutions (see
-    :func:`onednn_risky`) get a hook that hands them NCHW input and weight, whatever layout the rest of
-    the model uses. Costs one walk over the modules per training forward."""
-    if not (model.training and torch.is_grad_enabled()):
-        return None
+def apply_onednn_guard(model: nn.Module) -> None:
+    """Hook the risky convolutions (see :func:`onednn_risky`) so that, on CPU with gradients on, they get NCHW
+    input and weight whatever layout the rest of the model uses; their weights are made NCHW now. Done by
+    :func:`_guard_onednn` at each training forward; called directly before ``torch.compile`` traces the model,
+    so that the traced hooks only copy the input."""
     for m in model.modules():
         if onednn_risky(m) and not getattr(m, "_yf_layout_guard", False):
             m.register_forward_pre_hook(_plain_layout_pre_hook)
             m._yf_layout_guard = True
+        if onednn_risky(m) and not _standard_strides(m.weight):
+            m.weight.data = m.weight.data.clone(memory_format=torch.contiguous_format)
+
+
+def _guard_onednn(model: nn.Module, args) -> None:
+    """Forward pre-hook of every detector: :func:`apply_onednn_guard` while training with gradients on (modules
+    replaced since, by ``fuse()`` or a RepOpt conversion, are hooked then). Costs one walk over the modules per
+    training forward."""
+    if model.training and torch.is_grad_enabled():
+        apply_onednn_guard(model)
     return None
 
 
