@@ -225,7 +225,8 @@ class Trainer:
             raise ValueError(f"batch {cfg.batch} is not divisible by the {self.world} DDP processes")
         from yoloforge.data.loader import auto_workers
 
-        self.workers = cfg.workers if cfg.workers >= 0 else auto_workers(self.device.type, self.free_cores, self.world)
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))  # torchrun: the processes on this machine
+        self.workers = cfg.workers if cfg.workers >= 0 else auto_workers(self.device.type, self.free_cores, local_world)
         self.train_loader = build_dataloader(self.train_ds, self.batch, self.workers, shuffle=bool(self.hyp["shuffle"]),
                                              seed=cfg.seed,
                                              rank=self.rank, world_size=self.world, drop_last=self.world > 1)
@@ -289,13 +290,15 @@ class Trainer:
         from yoloforge.utils import cpu
 
         self._core_meter = None
-        others = cpu.measure_others(0.3)
-        self.free_cores = cpu.free_threads(others)  # also sizes the loader of --workers -1
+        cpu_auto = (self.device.type == "cpu" and not self.cfg.threads and not self.cfg.deterministic
+                    and "OMP_NUM_THREADS" not in os.environ)
+        # the free cores (a 0.3 s sample) size the auto threads and the loader of --workers -1
+        self.free_cores = cpu.free_threads(cpu.measure_others(0.3)) if cpu_auto or self.cfg.workers < 0 else None
         if self.device.type != "cpu":
             return
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
-        elif not self.cfg.deterministic and "OMP_NUM_THREADS" not in os.environ:
+        elif cpu_auto:
             n = self.free_cores
             torch.set_num_threads(n)
             self._core_meter = cpu.CoreMeter()
