@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from yoloforge.utils import cpu
+from yoloforge.utils.dist import local_world_size
 
 
 def collate(batch):
@@ -80,14 +81,15 @@ def build_dataloader(dataset, batch_size: int, workers: int = 8, shuffle: bool =
                      rank: int = 0, world_size: int = 1, drop_last: bool = False, threads: bool | None = None):
     """A DataLoader with reproducible order, DDP sharding when ``world_size > 1``, persistent workers.
 
-    ``workers`` is clipped to the CPUs available per process and to ``batch_size``; pass
+    ``workers`` is clipped to the CPUs available per process of this machine and to ``batch_size``; pass
     :func:`auto_workers`'s count for an automatic one.
     ``loader.sampler.set_epoch(e)`` sets the shuffle epoch (and the dataset's epoch).
     ``threads``: load in ``workers`` threads of this process instead of worker processes (see
     :class:`ThreadLoader`); ``None`` (default) picks threads once OpenVINO or ONNX Runtime is loaded here.
     """
     ncpu = cpu.available_cores()
-    nw = max(0, min(int(workers), ncpu // max(world_size, 1), batch_size if batch_size > 1 else 0))
+    per_process = ncpu // max(local_world_size(world_size), 1)
+    nw = max(0, min(int(workers), per_process, batch_size if batch_size > 1 else 0))
     inner = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
                                drop_last=drop_last)
     sampler = EpochSampler(inner, dataset)

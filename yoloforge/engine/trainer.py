@@ -224,9 +224,10 @@ class Trainer:
         if self.world > 1 and cfg.batch % self.world:
             raise ValueError(f"batch {cfg.batch} is not divisible by the {self.world} DDP processes")
         from yoloforge.data.loader import auto_workers
+        from yoloforge.utils.dist import local_world_size
 
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))  # torchrun: the processes on this machine
-        self.workers = cfg.workers if cfg.workers >= 0 else auto_workers(self.device.type, self.free_cores, local_world)
+        self.workers = cfg.workers if cfg.workers >= 0 else auto_workers(self.device.type, self.free_cores,
+                                                                         local_world_size(self.world))
         self.train_loader = build_dataloader(self.train_ds, self.batch, self.workers, shuffle=bool(self.hyp["shuffle"]),
                                              seed=cfg.seed,
                                              rank=self.rank, world_size=self.world, drop_last=self.world > 1)

@@ -19,6 +19,11 @@ def world_size() -> int:
     return dist.get_world_size() if is_dist() else 1
 
 
+def local_world_size(default: int = 1) -> int:
+    """The processes of this job on this machine (torchrun's LOCAL_WORLD_SIZE), else ``default``."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", default))
+
+
 def is_main() -> bool:
     return rank() == 0
 
