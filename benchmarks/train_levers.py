@@ -17,8 +17,9 @@ the median step time of every variant and its speed relative to ``base``.
 Measured with torch 2.13.0+cpu, yolov6n 320 b8, 2 threads. On a 2-core AMD EPYC with AVX512-BF16: base 368 ms/step
 (21.7 img/s), channels_last 1.25x, bf16 1.72x, both 2.08x. compile (as ``yoloforge train --compile``: layout
 optimization off, see compile_for_training) on an empty inductor cache: fp32 1.09x (1.22x in another run) after
-74 s of compiling, but slower than eager in every combination with channels_last or bf16 (0.82-0.92x). On the AVX2-only EPYC of earlier runs: base 852 ms, bf16 8180 ms (0.10x, emulated: ``--amp
-auto`` keeps fp32 there); channels_last crashed there before the oneDNN guard existed.
+74 s of compiling, but slower than eager in every combination with channels_last or bf16 (0.82-0.92x). On the
+AVX2-only EPYC of earlier runs: base 852 ms, bf16 8180 ms (0.10x, emulated: ``--amp auto`` keeps fp32 there);
+channels_last crashed there before the oneDNN guard existed.
 """
 from __future__ import annotations
 
@@ -96,8 +97,8 @@ def main() -> None:
         if len(batches) == 4:
             break
     spec = {"base": (False, False, False), "channels_last": (True, False, False), "bf16": (False, True, False),
-            "channels_last+bf16": (True, True, False), "compile": (False, False, True), "channels_last+compile": (True, False, True),
-            "bf16+compile": (False, True, True), "all": (True, True, True)}
+            "channels_last+bf16": (True, True, False), "compile": (False, False, True),
+            "channels_last+compile": (True, False, True), "bf16+compile": (False, True, True), "all": (True, True, True)}
     variants = []
     for name in a.levers.split(","):
         cl, bf, co = spec[name]

@@ -54,7 +54,6 @@ def test_kills_at_random_points_resume_to_the_same_run(tiny_data, tmp_path):
         cmd = _train(tiny_data, tmp_path, "killed", ["--resume", str(run)] if resume else [])
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         at = startup + rng.uniform(0.05, 1.0) * epoch  # inside the first epoch after start-up, or in start-up
-
         time.sleep(at)
         p.send_signal(sig)
         _, err = p.communicate(timeout=300)

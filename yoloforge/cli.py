@@ -38,8 +38,9 @@ TRAIN_HELP = {  # the meaning of every TrainConfig field, shown by `yoloforge tr
                      "with tensor cores; the convolutions oneDNN 3.12 gets wrong in NHWC stay NCHW)",
     "amp": "mixed precision of the forward pass (fp32 weights, loss and assigners): auto = fp16 on CUDA, bf16 on a "
            "CPU with native bf16 (AVX512-BF16/AMX), off elsewhere; --no-amp = off",
-    "compile": "torch.compile the training forward with this backend; --compile alone: inductor (1.13x for "
-               "yolov6n on CPU after about 80 s of compiling, so for long runs); empty: eager",
+    "compile": "torch.compile the training forward with this backend; --compile alone: inductor. On CPU it "
+               "helps only fp32 NCHW training (yolov6n 1.09-1.22x after 65-95 s of compiling) and is slower with "
+               "bf16 or --channels-last; empty: eager",
     "val_interval": "validate every N epochs (and always after the last)",
     "close_mosaic": "epochs at the end trained without mosaic/mixup; -1: the preset's own (YOLOv6 15, else 0)",
     "patience": "stop after this many validations without improvement; 0: never",

@@ -41,10 +41,12 @@ def apply_onednn_guard(model: nn.Module) -> None:
     :func:`_guard_onednn` at each training forward; called directly before ``torch.compile`` traces the model,
     so that the traced hooks only copy the input."""
     for m in model.modules():
-        if onednn_risky(m) and not getattr(m, "_yf_layout_guard", False):
+        if not onednn_risky(m):
+            continue
+        if not getattr(m, "_yf_layout_guard", False):
             m.register_forward_pre_hook(_plain_layout_pre_hook)
             m._yf_layout_guard = True
-        if onednn_risky(m) and not _standard_strides(m.weight):
+        if not _standard_strides(m.weight):
             m.weight.data = m.weight.data.clone(memory_format=torch.contiguous_format)
 
 
