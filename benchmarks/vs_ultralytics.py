@@ -2,12 +2,12 @@
 
 Setup (once; ultralytics must never enter the yoloforge venv, so it gets its own, ~6 GB):
 
-    python3 -m venv /tmp/ulvenv
-    /tmp/ulvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 ultralytics onnx onnxruntime onnxslim openvino nncf
+    python3 -m venv ULVENV            # any folder outside the repository
+    ULVENV/bin/pip install torch==2.14.1 torchvision==0.29.1 ultralytics onnx onnxruntime onnxslim openvino nncf
 
 Run (from the repository root, with the yoloforge venv):
 
-    .venv/bin/python benchmarks/vs_ultralytics.py --ul-python /tmp/ulvenv/bin/python [--parts a,b,c,d,e]
+    .venv/bin/python benchmarks/vs_ultralytics.py --ul-python ULVENV/bin/python [--parts a,b,c,d,e]
 
 The ultralytics side runs in ``benchmarks/_ul_worker.py`` inside that venv, a long-lived subprocess
 spoken to with JSON lines, so both sides stay warm and single measurements alternate between them
