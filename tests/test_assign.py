@@ -7,8 +7,8 @@ import torch
 
 from yoloforge.assign.atss import ATSSAssigner
 from yoloforge.assign.tal import TaskAlignedAssigner
-from yoloforge.assign.utils import (make_anchors, pad_targets, pairwise_iou, select_candidates_in_gts,
-                                    select_highest_overlaps)
+from yoloforge.assign.utils import pad_targets, pairwise_iou, select_candidates_in_gts, select_highest_overlaps
+from yoloforge.models.box_coder import make_atss_anchors
 
 
 def _iou(a, b):
@@ -20,9 +20,9 @@ def _iou(a, b):
 
 
 # ---------------------------------------------------------------- helpers
-def test_make_anchors_layout():
+def test_make_atss_anchors_layout():
     feats = [torch.zeros(1, 1, 4, 6), torch.zeros(1, 1, 2, 3)]
-    anchors, pts, n_level, st = make_anchors(feats, [8, 16])
+    anchors, pts, n_level, st = make_atss_anchors(feats, [8, 16])
     assert n_level == [24, 6] and pts.shape == (30, 2) and anchors.shape == (30, 4) and st.shape == (30, 1)
     torch.testing.assert_close(pts[0], torch.tensor([4.0, 4.0]))
     torch.testing.assert_close(pts[1], torch.tensor([12.0, 4.0]))  # row-major: x runs first
@@ -30,7 +30,7 @@ def test_make_anchors_layout():
     torch.testing.assert_close(pts[24], torch.tensor([8.0, 8.0]))
     torch.testing.assert_close(anchors[24], torch.tensor([-32.0, -32.0, 48.0, 48.0]))  # 5 x 16 square
     assert st[23].item() == 8 and st[24].item() == 16
-    _, pts2, _, _ = make_anchors([(1, 1)], [32], grid_cell_offset=0.0)
+    _, pts2, _, _ = make_atss_anchors([(1, 1)], [32], offset=0.0)
     torch.testing.assert_close(pts2, torch.zeros(1, 2))
 
 
@@ -131,7 +131,7 @@ def test_zero_gts(assigner):
 
 def _random_scene(seed, bs=3, m=4, nc=3, size=64, stride=8):
     g = torch.Generator().manual_seed(seed)
-    _, pts, _, _ = make_anchors([(size // stride, size // stride)], [stride])
+    _, pts, _, _ = make_atss_anchors([(size // stride, size // stride)], [stride])
     n = pts.shape[0]
     wh = torch.rand(bs, m, 2, generator=g) * 30 + 10
     ctr = torch.rand(bs, m, 2, generator=g) * (size - 20) + 10
@@ -230,7 +230,7 @@ def test_atss_topk_per_level():
 def test_atss_matches_naive_reference(seed):
     _, gl, gb, mg, pb, _ = _random_scene(seed, size=64)
     feats = [(8, 8), (4, 4)]
-    anchors, pts, n_level, _ = make_anchors(feats, [8, 16])
+    anchors, pts, n_level, _ = make_atss_anchors(feats, [8, 16])
     pb = torch.cat((pb, pb[:, :16]), 1)  # 80 anchors
     topk, nc = 5, 3
     labels, boxes, scores, fg = ATSSAssigner(topk=topk, num_classes=nc)(anchors, n_level, gl, gb, mg, pb)

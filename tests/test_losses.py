@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from yoloforge.losses import yolov6_loss as y6
-from yoloforge.losses.dfl import bbox2dist, dist2bbox, distribution_focal_loss
+from yoloforge.losses.dfl import distribution_focal_loss
 from yoloforge.losses.iou import IoULoss, bbox_iou
 from yoloforge.losses.vfl import varifocal_loss
 from yoloforge.losses.yolov6_loss import YOLOv6Loss
+from yoloforge.models.box_coder import boxes_to_distances, distances_to_boxes, make_atss_anchors
 
 
 # ---------------------------------------------------------------- IoU family, by hand with plain math
@@ -123,11 +124,11 @@ def test_varifocal_zero_gradient_at_target_and_float32_under_autocast():
 def test_dist_bbox_roundtrip_and_clamp():
     pts = torch.tensor([[10.0, 10.0], [3.0, 4.0]])
     boxes = torch.tensor([[8.0, 7.0, 12.0, 15.0], [0.0, 0.0, 30.0, 5.0]])
-    d = bbox2dist(pts, boxes, reg_max=16)
+    d = boxes_to_distances(pts, boxes, reg_max=16)
     torch.testing.assert_close(d, torch.tensor([[2.0, 3.0, 2.0, 5.0], [3.0, 4.0, 15.99, 1.0]]))
-    torch.testing.assert_close(dist2bbox(d[:1], pts[:1]), boxes[:1])
+    torch.testing.assert_close(distances_to_boxes(d[:1], pts[:1]), boxes[:1])
     # a point outside the box gives clamped (non-negative) distances
-    assert (bbox2dist(torch.tensor([[50.0, 50.0]]), boxes[:1], 16) >= 0).all()
+    assert (boxes_to_distances(torch.tensor([[50.0, 50.0]]), boxes[:1], 16) >= 0).all()
 
 
 def test_dfl_hand_value_and_minimum():
@@ -268,8 +269,7 @@ def test_weights_autocast_and_errors():
 
 @pytest.mark.parametrize("epoch", [0, 10])
 def test_perfect_boxes_give_zero_iou_loss(epoch):
-    from yoloforge.assign.utils import make_anchors
-    _, pts, _, st = make_anchors(_feats(1), STRIDES)
+    _, pts, _, st = make_atss_anchors(_feats(1), STRIDES)
     gt = torch.tensor([12.0, 6.0, 50.0, 44.0])
     reg = torch.cat((pts - gt[:2], gt[2:] - pts), -1) / st  # every anchor predicts the gt exactly
     t = torch.cat((torch.tensor([0.0, 1.0]), gt))[None]

@@ -9,7 +9,7 @@ from torch import nn
 
 from yoloforge.models import common
 from yoloforge.models.common import BepC3, BottleRep, ConvBNAct, RepVGGBlock, fuse_conv_bn
-from yoloforge.models.heads import dfl_expectation, make_anchor_points, make_atss_anchors
+from yoloforge.models.box_coder import dfl_expectation, make_anchor_points, make_atss_anchors
 from yoloforge.models.registry import build_model, list_models
 from yoloforge.models.yolov6 import YOLOv6
 from yoloforge.utils.flops import count_gflops, count_params, model_info

@@ -28,8 +28,11 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-# direction of each candidate cell: centre, then x-low, y-low, x-high, y-high neighbours
-_OFFSETS = ((0, 0), (1, 0), (0, 1), (-1, 0), (0, -1))
+from yoloforge.models.box_coder import anchor_offsets
+
+# direction of each candidate cell: centre, then x-low, y-low, x-high, y-high neighbours (the cell of a
+# neighbour is floor(g - radius * offset))
+NEIGHBOUR_OFFSETS = ((0, 0), (1, 0), (0, 1), (-1, 0), (0, -1))
 
 
 class Candidates(NamedTuple):
@@ -95,7 +98,7 @@ def find_candidates(targets: torch.Tensor, anchors, strides: Sequence[float], sh
     t = targets.float()
     cxy = (t[:, 2:4] + t[:, 4:6]) / 2
     wh = (t[:, 4:6] - t[:, 2:4]).clamp(min=0)
-    offs = torch.tensor(_OFFSETS, dtype=torch.float32, device=device) * radius  # (5, 2)
+    offs = torch.tensor(NEIGHBOUR_OFFSETS, dtype=torch.float32, device=device) * radius  # (5, 2)
     a_idx = torch.arange(na, device=device)[:, None].expand(na, m)  # (na, M)
     g_idx = torch.arange(m, device=device)[None].expand(na, m)
     out = []
@@ -110,10 +113,7 @@ def find_candidates(targets: torch.Tensor, anchors, strides: Sequence[float], sh
         if gxy.shape[0] == 0:
             continue
         # 2. centre cell and the neighbours toward which the centre leans
-        inv = torch.tensor([w, h], dtype=gxy.dtype, device=device) - gxy
-        low = (gxy % 1 < radius) & (gxy > 1)  # (P, 2): x-low, y-low neighbour
-        high = (inv % 1 < radius) & (inv > 1)
-        use = torch.stack((torch.ones_like(low[:, 0]), low[:, 0], low[:, 1], high[:, 0], high[:, 1]))  # (5, P)
+        use = neighbour_cells(gxy, (h, w), radius)  # (5, P)
         cells = (gxy[None] - offs[:, None]).floor().long()  # (5, P, 2)
         cells, aa, gg = cells[use], a[None].expand(5, -1)[use], g[None].expand(5, -1)[use]
         gi = cells[:, 0].clamp(0, w - 1)
@@ -122,6 +122,25 @@ def find_candidates(targets: torch.Tensor, anchors, strides: Sequence[float], sh
     if not out:
         return Candidates.empty(device)
     return Candidates(*(torch.cat(f) for f in zip(*out)))
+
+
+def neighbour_cells(gxy: torch.Tensor, shape: tuple, radius: float = 0.5, rule: str = "inverse") -> torch.Tensor:
+    """Which of the 5 cells of ``NEIGHBOUR_OFFSETS`` (the centre's own, then the x-low, y-low, x-high, y-high
+    neighbour) answer for each of the (P, 2) grid-unit centres ``gxy`` on a grid of ``shape`` (H, W): (5, P)
+    bool. A low neighbour when ``frac(g) < radius`` and ``g > 1``. A high one, by ``rule``: ``"inverse"``
+    (yolov7, YOLOv5, ScaledYOLOv4 yolov4-large) ``frac(W - g) < radius`` and ``W - g > 1``; ``"fraction"``
+    (ScaledYOLOv4 yolov4-csp ``build_targets``, radius 0.5 only) ``frac(g) > 0.5`` and ``g < W - 1``. The
+    two differ for centres on a cell edge (integer ``g``), where the inverse rule adds both neighbours."""
+    size = torch.tensor([shape[1], shape[0]], dtype=gxy.dtype, device=gxy.device)
+    low = (gxy % 1 < radius) & (gxy > 1)  # (P, 2): x-low, y-low
+    if rule == "inverse":
+        inv = size - gxy
+        high = (inv % 1 < radius) & (inv > 1)
+    elif rule == "fraction":
+        high = (gxy % 1 > 0.5) & (gxy < size - 1)
+    else:
+        raise ValueError(f"neighbour rule must be 'inverse' or 'fraction', got {rule!r}")
+    return torch.stack((torch.ones_like(low[:, 0]), low[:, 0], low[:, 1], high[:, 0], high[:, 1]))
 
 
 def cell_keys(c: Candidates, na: int, shapes: Sequence[tuple], batch_size: int) -> torch.Tensor:
@@ -164,7 +183,6 @@ def decode_boxes(raw: torch.Tensor, c: Candidates, anchors, strides: Sequence[fl
     anchors = as_anchor_tensor(anchors, raw.device).to(raw.dtype)
     s = torch.tensor([float(x) for x in strides], dtype=raw.dtype, device=raw.device)[c.level, None]
     grid = torch.stack((c.gi, c.gj), -1).to(raw.dtype)
-    t = raw[:, :4].sigmoid()
-    xy = (t[:, :2] * 2 - 0.5 + grid) * s
-    wh = (t[:, 2:4] * 2) ** 2 * anchors[c.level, c.a]
+    xy, wh = anchor_offsets(raw, anchors[c.level, c.a])
+    xy = (xy + grid) * s
     return torch.cat((xy - wh / 2, xy + wh / 2), -1)

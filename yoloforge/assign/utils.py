@@ -5,43 +5,10 @@ anchors over all levels. Boxes are ``xyxy`` pixels.
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 import torch.nn.functional as F
 
 from yoloforge.losses.iou import bbox_iou
-
-
-def make_anchors(feats: Sequence[torch.Tensor], strides: Sequence[float], grid_cell_size: float = 5.0,
-                 grid_cell_offset: float = 0.5):
-    """Anchor points (and square anchor boxes for ATSS) of every level's grid, level after level.
-
-    The point of cell ``(i, j)`` at stride ``s`` is ``((j + offset) s, (i + offset) s)``; its anchor box is
-    a square of side ``grid_cell_size * s`` around it (YOLOv6, meituan/YOLOv6 0.2.0
-    yolov6/assigners/anchor_generator.py: cell size 5.0, offset 0.5).
-
-    Args:
-        feats: per-level maps (B, C, H, W) (only their shapes, device are used) or (H, W) tuples.
-    Returns:
-        anchors (N, 4) xyxy pixels, anchor_points (N, 2) pixels, n_level_anchors list[int],
-        stride_tensor (N, 1).
-    """
-    device = next((f.device for f in feats if isinstance(f, torch.Tensor)), torch.device("cpu"))
-    anchors, points, n_level, stride_t = [], [], [], []
-    for f, s in zip(feats, strides):
-        h, w = (int(f.shape[-2]), int(f.shape[-1])) if isinstance(f, torch.Tensor) else (int(f[0]), int(f[1]))
-        s = float(s)
-        sx = (torch.arange(w, device=device, dtype=torch.float32) + grid_cell_offset) * s
-        sy = (torch.arange(h, device=device, dtype=torch.float32) + grid_cell_offset) * s
-        yy, xx = torch.meshgrid(sy, sx, indexing="ij")
-        pts = torch.stack((xx, yy), -1).reshape(-1, 2)
-        half = grid_cell_size * s / 2
-        anchors.append(torch.cat((pts - half, pts + half), -1))
-        points.append(pts)
-        n_level.append(h * w)
-        stride_t.append(torch.full((h * w, 1), s, device=device))
-    return torch.cat(anchors), torch.cat(points), n_level, torch.cat(stride_t)
 
 
 def pairwise_iou(gt_bboxes: torch.Tensor, boxes: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Distance <-> box conversions of anchor-point detectors and the distribution focal loss.
+"""The distribution focal loss (the distance <-> box conversions are the box coder's,
+:mod:`yoloforge.models.box_coder`).
 
 Distribution focal loss: Li et al., NeurIPS 2020, "Generalized Focal Loss" (sec. 3.3). Each box side's
 distance ``y`` (in stride units, ``0 <= y < reg_max``) is learnt as a discrete distribution over the
@@ -7,26 +8,13 @@ by linear interpolation:
 
     DFL(S, y) = -((y_r - y) log S_{y_l} + (y - y_l) log S_{y_r}),   y_l = floor(y), y_r = y_l + 1.
 
-Targets are clamped to ``reg_max - 0.01`` as in meituan/YOLOv6 0.2.0 (yolov6/utils/general.py,
-``bbox2dist``), so ``y_r`` never exceeds ``reg_max``.
+Targets are clamped to ``reg_max - 0.01`` by ``box_coder.boxes_to_distances`` as in meituan/YOLOv6 0.2.0
+(yolov6/utils/general.py, ``bbox2dist``), so ``y_r`` never exceeds ``reg_max``.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-
-def dist2bbox(distance: torch.Tensor, anchor_points: torch.Tensor) -> torch.Tensor:
-    """(..., 4) distances ``l, t, r, b`` from (..., 2) anchor points -> (..., 4) ``xyxy`` boxes."""
-    lt, rb = distance[..., :2], distance[..., 2:]
-    return torch.cat((anchor_points - lt, anchor_points + rb), -1)
-
-
-def bbox2dist(anchor_points: torch.Tensor, bbox: torch.Tensor, reg_max: float) -> torch.Tensor:
-    """(..., 4) ``xyxy`` boxes -> (..., 4) distances ``l, t, r, b`` clamped to ``[0, reg_max - 0.01]``."""
-    lt = anchor_points - bbox[..., :2]
-    rb = bbox[..., 2:] - anchor_points
-    return torch.cat((lt, rb), -1).clamp(0, reg_max - 0.01)
 
 
 def distribution_focal_loss(pred_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from yoloforge.assign.anchor_match import NEIGHBOUR_OFFSETS, neighbour_cells
+from yoloforge.models.box_coder import ANCHOR_DECODES, anchor_offsets
+
 from .iou import bbox_iou
 
 __all__ = ["YOLOv4Loss", "build_targets", "anchor_shape_iou", "smooth_bce_targets"]
@@ -107,21 +110,11 @@ def build_targets(targets: torch.Tensor, anchors: torch.Tensor, strides, shapes,
         gxy, gwh = cxy[m] / s, wh[m] / s
         offsets = torch.zeros_like(gxy)
         if neighbor_cells and len(m):
-            frac = gxy - gxy.floor()
-            size = torch.tensor([w, h], device=device, dtype=gxy.dtype)
-            if neighbor_rule == "inverse":
-                inv = size - gxy
-                high = (inv % 1 < 0.5) & (inv > 1)
-            else:
-                high = (frac > 0.5) & (gxy < size - 1)
-            sides = (  # (condition per row, offset of the centre used to pick the cell)
-                ((frac[:, 0] < 0.5) & (gxy[:, 0] > 1), (0.5, 0.0)),  # left neighbour
-                ((frac[:, 1] < 0.5) & (gxy[:, 1] > 1), (0.0, 0.5)),  # upper
-                (high[:, 0], (-0.5, 0.0)),  # right
-                (high[:, 1], (0.0, -0.5)),  # lower
-            )
-            idx = [torch.arange(len(m), device=device)] + [k.nonzero(as_tuple=True)[0] for k, _ in sides]
-            offs = [offsets] + [torch.tensor(o, device=device).expand(len(j), 2) for (_, o), j in zip(sides, idx[1:])]
+            # the centre's cell for every row, then the left, upper, right and lower neighbours, side by side
+            use = neighbour_cells(gxy, (h, w), 0.5, neighbor_rule)  # (5, P)
+            idx = [k.nonzero(as_tuple=True)[0] for k in use]
+            offs = [(torch.tensor(o, dtype=gxy.dtype, device=device) * 0.5).expand(len(j), 2)
+                    for o, j in zip(NEIGHBOUR_OFFSETS, idx)]
             idx = torch.cat(idx)
             m, a, gxy, gwh, offsets = m[idx], a[idx], gxy[idx], gwh[idx], torch.cat(offs)
         gij = (gxy - offsets).floor().long()
@@ -154,7 +147,7 @@ class YOLOv4Loss:
         self.nl = len(self.strides)
         if self.anchors.shape[0] != self.nl:
             raise ValueError(f"YOLOv4Loss: {self.anchors.shape[0]} anchor levels but {self.nl} strides")
-        if decode not in ("scaled", "darknet"):
+        if decode not in ANCHOR_DECODES:
             raise ValueError(f"YOLOv4Loss: unknown decode {decode!r}")
         self.decode, self.scale_xy = decode, float(scale_xy)
         h = {**DEFAULTS, **{k: v for k, v in (hyp or {}).items() if k in DEFAULTS}}
@@ -170,15 +163,9 @@ class YOLOv4Loss:
         self.neighbor = bool(h["neighbor_cells"]) and decode == "scaled"
 
     def pred_boxes(self, ps: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-        """Raw (n, >=4) -> (n, 4) ``cx, cy, w, h`` in grid units relative to the cell (same decode as the head)."""
-        if self.decode == "scaled":
-            xy = ps[:, :2].sigmoid() * 2 - 0.5
-            wh = (ps[:, 2:4].sigmoid() * 2) ** 2 * anchors
-        else:
-            k = self.scale_xy
-            xy = ps[:, :2].sigmoid() * k - (k - 1) / 2
-            wh = ps[:, 2:4].clamp(max=8.0).exp() * anchors
-        return torch.cat((xy, wh), 1)
+        """Raw (n, >=4) -> (n, 4) ``cx, cy, w, h`` in grid units relative to the cell (the head's coder; the
+        darknet ``exp`` capped at ``e^8`` against overflow)."""
+        return torch.cat(anchor_offsets(ps, anchors, self.decode, self.scale_xy, wh_clamp=8.0), 1)
 
     def __call__(self, outputs, targets: torch.Tensor, epoch: int = 0):
         preds = outputs["main"] if isinstance(outputs, dict) else outputs

@@ -32,10 +32,11 @@ import torch.nn.functional as F
 
 from yoloforge.assign.atss import ATSSAssigner
 from yoloforge.assign.tal import TaskAlignedAssigner
-from yoloforge.assign.utils import make_anchors, pad_targets
-from yoloforge.losses.dfl import bbox2dist, dist2bbox, distribution_focal_loss
+from yoloforge.assign.utils import pad_targets
+from yoloforge.losses.dfl import distribution_focal_loss
 from yoloforge.losses.iou import IoULoss
 from yoloforge.losses.vfl import varifocal_loss
+from yoloforge.models.box_coder import boxes_to_distances, dfl_expectation, distances_to_boxes, make_atss_anchors
 from yoloforge.utils.dist import mean_over_ranks
 
 DEFAULT_WEIGHTS = dict(cls=1.0, iou=2.5, dfl=0.5)
@@ -90,8 +91,7 @@ class YOLOv6Loss:
         b, n, c = reg.shape
         if c != 4 * (self.reg_max + 1):
             raise ValueError(f"YOLOv6Loss: reg has {c} channels, expected 4 * (reg_max + 1) = {4 * (self.reg_max + 1)}")
-        proj = torch.arange(self.reg_max + 1, device=reg.device, dtype=reg.dtype)
-        return reg.view(b, n, 4, self.reg_max + 1).softmax(-1) @ proj
+        return dfl_expectation(reg, self.reg_max)
 
     def terms(self, outputs, targets: torch.Tensor, epoch: int) -> dict:
         """The unweighted terms and what the distillation loss reuses: ``iou``, ``dfl``, ``cls``, the positive
@@ -101,7 +101,7 @@ class YOLOv6Loss:
         cls_logits, reg = cls_logits.float(), reg.float()
         bs, n, _ = cls_logits.shape
         device = cls_logits.device
-        anchors, anchor_points, n_level, stride_t = make_anchors(
+        anchors, anchor_points, n_level, stride_t = make_atss_anchors(
             feats, self.strides, self.grid_cell_size, self.grid_cell_offset)
         if anchor_points.shape[0] != n:
             raise ValueError(f"YOLOv6Loss: {n} predictions but the feature maps give {anchor_points.shape[0]} anchors")
@@ -110,7 +110,7 @@ class YOLOv6Loss:
 
         points_s = anchor_points / stride_t  # anchor points in stride units
         pred_dist = self.decode(reg)
-        pred_bboxes = dist2bbox(pred_dist, points_s)  # (B, N, 4) stride units
+        pred_bboxes = distances_to_boxes(pred_dist, points_s)  # (B, N, 4) stride units
         pred_px = pred_bboxes.detach() * stride_t
 
         if epoch < self.warmup_epochs:
@@ -132,7 +132,7 @@ class YOLOv6Loss:
         weight = t_scores.sum(-1)[fg]  # (P,)
         loss_iou = (self.iou_loss(pred_bboxes[fg], t_bboxes[fg]) * weight).sum() / score_sum
         if self.use_dfl:
-            target_ltrb = bbox2dist(points_s[None].expand(bs, -1, -1)[fg], t_bboxes[fg], self.reg_max)  # (P, 4)
+            target_ltrb = boxes_to_distances(points_s[None].expand(bs, -1, -1)[fg], t_bboxes[fg], self.reg_max)  # (P, 4)
             dfl = distribution_focal_loss(reg[fg].reshape(-1, self.reg_max + 1), target_ltrb.reshape(-1))
             loss_dfl = (dfl.view(-1, 4).mean(-1) * weight).sum() / score_sum
         else:

@@ -1,12 +1,9 @@
 """Anchor-based detection head shared by YOLOv7 and Scaled-YOLOv4.
 
 Per level a 1x1 convolution predicts ``na * (5 + nc)`` channels: (tx, ty, tw, th, objectness,
-classes). Decoding:
-
-* ``"scaled"`` (Scaled-YOLOv4 large/CSP and YOLOv7, "grid sensitivity" of YOLOv4):
-  ``xy = (2 sigmoid(t) - 0.5 + grid) * stride``, ``wh = (2 sigmoid(t))^2 * anchor``;
-* ``"darknet"`` (YOLOv4-tiny .cfg, ``scale_x_y``):
-  ``xy = (s * sigmoid(t) - (s - 1) / 2 + grid) * stride``, ``wh = exp(t) * anchor``.
+classes). Decoding: ``xy = (offset + grid) * stride`` with the offset and size of the anchor coder
+(:func:`yoloforge.models.box_coder.anchor_offsets`, which the assigners and losses use too): ``"scaled"``
+(Scaled-YOLOv4 large/CSP and YOLOv7) or ``"darknet"`` (YOLOv4-tiny .cfg, ``scale_x_y``).
 
 Scores in eval mode are ``sigmoid(obj) * sigmoid(cls)``, so every family keeps the contract
 ``(B, N, 4 + nc)`` with xyxy input pixels. YOLOR implicit knowledge (YOLOv7's IDetect): an
@@ -19,6 +16,8 @@ import math
 
 import torch
 from torch import nn
+
+from .box_coder import ANCHOR_DECODES, anchor_offsets
 
 
 class ImplicitA(nn.Module):
@@ -49,7 +48,7 @@ class AnchorHead(nn.Module):
     def __init__(self, nc: int, anchors, in_channels, strides, decode: str = "scaled", scale_xy: float = 1.0,
                  implicit: bool = False):
         super().__init__()
-        if decode not in ("scaled", "darknet"):
+        if decode not in ANCHOR_DECODES:
             raise ValueError(f"unknown decode {decode!r}")
         self.nc, self.no = nc, nc + 5
         self.nl, self.na = len(anchors), len(anchors[0]) // 2
@@ -117,15 +116,9 @@ class AnchorHead(nn.Module):
             b, _, h, w, _ = p.shape
             grid, anchor = self._grid(h, w, i, p.device, p.dtype)
             s = self._stride_list[i]
-            t = p.sigmoid()
-            if self.decode_kind == "scaled":
-                xy = (t[..., :2] * 2 - 0.5 + grid) * s
-                wh = (t[..., 2:4] * 2) ** 2 * anchor
-            else:
-                k = self.scale_xy
-                xy = (t[..., :2] * k - (k - 1) / 2 + grid) * s
-                wh = p[..., 2:4].float().exp().to(p.dtype) * anchor
-            scores = t[..., 5:] * t[..., 4:5]
+            xy, wh = anchor_offsets(p, anchor, self.decode_kind, self.scale_xy)
+            xy = (xy + grid) * s
+            scores = p[..., 5:].sigmoid() * p[..., 4:5].sigmoid()
             boxes = torch.cat((xy - wh / 2, xy + wh / 2), -1)
             out.append(torch.cat((boxes, scores), -1).view(b, -1, 4 + self.nc))
         return torch.cat(out, 1)

@@ -32,7 +32,7 @@ from torch import nn
 
 from .base import DetectionModel
 from .common import BepC3, ConvBNAct, RepBlock, SimConv, SimSPPF, SPPF, Transpose, conv_block
-from .heads import dfl_expectation, distances_to_boxes, make_anchor_points
+from .box_coder import dfl_expectation, distances_to_boxes, make_anchor_points
 from .registry import register
 
 BACKBONE_REPEATS = (1, 6, 12, 18, 6)
