@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from yoloforge.config import PREDICT_NMS, VAL_NMS
 from yoloforge.utils.logging import get_logger
 
 LOG = get_logger()
@@ -117,8 +118,8 @@ class Detector:
             self.weights = Path(best)
         return Path(best)
 
-    def val(self, data: str, split: str = "val", imgsz: int | None = None, batch: int = 16, conf: float = 0.001,
-            iou: float = 0.65, workers: int = 2, save_json: bool = False, save_dir: str | Path | None = None,
+    def val(self, data: str, split: str = "val", imgsz: int | None = None, batch: int = 16, conf: float = VAL_NMS.conf,
+            iou: float = VAL_NMS.iou, workers: int = 2, save_json: bool = False, save_dir: str | Path | None = None,
             plots: bool = False, verbose: bool = True, rect: bool = True, backend: str = "torch"):
         """COCO mAP on a split of a data yaml; returns :class:`~yoloforge.engine.evaluator.Metrics`.
 
@@ -157,8 +158,8 @@ class Detector:
             LOG.info(m.table())
         return m
 
-    def predict(self, source, stream: bool = False, imgsz: int | None = None, conf: float = 0.25,
-                iou: float = 0.45, max_det: int = 300, classes: list[int] | None = None, batch: int = 1,
+    def predict(self, source, stream: bool = False, imgsz: int | None = None, conf: float = PREDICT_NMS.conf,
+                iou: float = PREDICT_NMS.iou, max_det: int = PREDICT_NMS.max_det, classes: list[int] | None = None, batch: int = 1,
                 nms: str = "iou", backend: str = "torch", rect: bool = True, precision: str = "auto"):
         """Results for every image/frame of ``source``; a generator when ``stream`` (use it for videos).
 
@@ -172,7 +173,7 @@ class Detector:
         return self.predictor(imgsz, conf, iou, max_det, classes, batch, nms, backend, rect, precision)(
             source, stream=stream)
 
-    def predictor(self, imgsz=None, conf=0.25, iou=0.45, max_det=300, classes=None, batch=1, nms="iou",
+    def predictor(self, imgsz=None, conf=PREDICT_NMS.conf, iou=PREDICT_NMS.iou, max_det=PREDICT_NMS.max_det, classes=None, batch=1, nms="iou",
                   backend: str = "torch", rect: bool = True, precision: str = "auto"):
         from yoloforge.engine.predictor import Predictor
 

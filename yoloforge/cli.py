@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from yoloforge.config import AMP_MODES, TRAINING_MODES, TrainConfig, parse_value
+from yoloforge.config import AMP_MODES, PREDICT_NMS, TRAINING_MODES, VAL_NMS, TrainConfig, parse_value
 
 
 TRAIN_HELP = {  # the meaning of every TrainConfig field, shown by `yoloforge train --help` with its default
@@ -154,8 +154,8 @@ def cmd_val(a) -> int:
 
     det = Detector(a.weights, device=a.device, cfg=a.cfg)
     save_dir = next_run_dir(a.project or "runs/val", a.name, False)
-    m = det.val(a.data, split=a.split, imgsz=a.imgsz, batch=a.batch, conf=0.001 if a.conf is None else a.conf,
-                iou=0.65 if a.iou is None else a.iou, workers=a.workers, save_json=a.save_json,
+    m = det.val(a.data, split=a.split, imgsz=a.imgsz, batch=a.batch, conf=VAL_NMS.conf if a.conf is None else a.conf,
+                iou=VAL_NMS.iou if a.iou is None else a.iou, workers=a.workers, save_json=a.save_json,
                 save_dir=save_dir, plots=True, rect=not a.no_rect, backend=a.backend)
     print(f"mAP50-95 {m.map:.4f}  mAP50 {m.map50:.4f}  results in {save_dir}")
     return 0
@@ -167,7 +167,8 @@ def cmd_predict(a) -> int:
 
     det = Detector(a.weights, device=a.device, cfg=a.cfg)
     classes = [int(c) for c in a.classes.split(",")] if a.classes else None
-    pred = det.predictor(a.imgsz, 0.25 if a.conf is None else a.conf, 0.45 if a.iou is None else a.iou,
+    pred = det.predictor(a.imgsz, PREDICT_NMS.conf if a.conf is None else a.conf,
+                         PREDICT_NMS.iou if a.iou is None else a.iou,
                          a.max_det, classes, a.batch, a.nms, backend=a.backend, rect=not a.no_rect,
                          precision=a.precision)
     save_dir = next_run_dir(a.project or "runs/predict", a.name, False)
@@ -253,7 +254,7 @@ def cmd_demo(a) -> int:
                      val_interval=a.val_interval, seed=0, hyp="small-data", hyp_override={"warmup_epochs": 1.0})
     m = Detector(best).val(str(data), save_dir=Path(a.project) / "val", plots=True, verbose=False)
     val_imgs = sorted((root / "images" / "val").glob("*"))[:8]
-    out = Detector(best).predictor(conf=0.25).predict_to_dir([str(p) for p in val_imgs], Path(a.project) / "predict",
+    out = Detector(best).predictor(conf=PREDICT_NMS.conf).predict_to_dir([str(p) for p in val_imgs], Path(a.project) / "predict",
                                                              verbose=False)
     print("\n" + m.table())
     print(f"\ndemo finished in {time.time() - t0:.0f} s: mAP50 {m.map50:.3f}, mAP50-95 {m.map:.3f} on the demo val split")
@@ -285,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="detect objects in images, folders, globs or videos")
     _add_common_infer(p)
     p.add_argument("--source", required=True, help="image, folder, 'glob/*.jpg' or video")
-    p.add_argument("--max-det", type=int, default=300, help="at most this many detections per image")
+    p.add_argument("--max-det", type=int, default=PREDICT_NMS.max_det, help="at most this many detections per image")
     p.add_argument("--classes", default="", help="keep only these class ids, e.g. 0,2")
     p.add_argument("--batch", type=int, default=1, help="images per forward pass")
     p.add_argument("--nms", default="iou", choices=["iou", "diou"], help="NMS kind (diou: YOLOv4's DIoU-NMS)")
@@ -307,9 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic", action="store_true", help="dynamic batch axis (and height/width when exported without --nms)")
     p.add_argument("--half", action="store_true", help="fp16 weights")
     p.add_argument("--nms", action="store_true", help="NonMaxSuppression inside the graph (final boxes out)")
-    p.add_argument("--conf", type=float, default=0.25, help="with --nms: confidence threshold baked in")
-    p.add_argument("--iou", type=float, default=0.45, help="with --nms: IoU threshold baked in")
-    p.add_argument("--max-det", type=int, default=300, help="with --nms: detections per image baked in")
+    p.add_argument("--conf", type=float, default=PREDICT_NMS.conf, help="with --nms: confidence threshold baked in")
+    p.add_argument("--iou", type=float, default=PREDICT_NMS.iou, help="with --nms: IoU threshold baked in")
+    p.add_argument("--max-det", type=int, default=PREDICT_NMS.max_det, help="with --nms: detections per image baked in")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim graph simplification")
     p.add_argument("--output", default=None, help="output path (default: beside the weights)")

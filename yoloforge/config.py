@@ -225,6 +225,23 @@ TRAINING_MODES = ("repvgg", "hyper_search", "repopt", "conv_silu", "conv_relu")
 AMP_MODES = ("auto", "fp16", "bf16", "off")
 
 
+@dataclass(frozen=True)
+class NMSSettings:
+    """Thresholds of the postprocess (:func:`yoloforge.engine.postprocess.postprocess`)."""
+    conf: float
+    iou: float
+    max_det: int = 300
+    multi_label: bool = False
+
+
+# The two settings of the postprocess, read by the CLI, the Python API, the server, the trainer and export:
+# validation (WongKinYiu/yolov7 test.py: --conf-thres 0.001 --iou-thres 0.65, multi_label=True at line 125;
+# the per-epoch call of its train.py takes test()'s own iou_thres 0.6) and prediction (yolov7 detect.py:
+# --conf-thres 0.25 --iou-thres 0.45, the best class per box).
+VAL_NMS = NMSSettings(conf=0.001, iou=0.65, max_det=300, multi_label=True)
+PREDICT_NMS = NMSSettings(conf=0.25, iou=0.45, max_det=300, multi_label=False)
+
+
 @dataclass
 class TrainConfig:
     """Everything ``yoloforge train`` accepts. Field names are the CLI flags (``--close-mosaic``)."""
@@ -257,8 +274,8 @@ class TrainConfig:
     sync_bn: bool = False
     cache: str = ""  # "" or "ram"
     save_period: int = 0  # also keep weights/epochN.safetensors every N epochs
-    conf: float = 0.001  # validation thresholds
-    iou: float = 0.65
+    conf: float = VAL_NMS.conf  # validation thresholds
+    iou: float = VAL_NMS.iou
     plots: bool = True
     verbose: bool = True
     tensorboard: bool = True  # event files in <run>/tensorboard where the tensorboard package is installed

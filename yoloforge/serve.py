@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from yoloforge.config import PREDICT_NMS
 from yoloforge.utils.logging import get_logger
 
 LOG = get_logger()
@@ -138,7 +139,7 @@ def result_json(r, decode_ms: float) -> dict:
     return {"detections": dets, "image": {"width": int(w), "height": int(h)}, "speed_ms": speed}
 
 
-def create_app(weights, *, conf: float = 0.25, iou: float = 0.45, imgsz: int | None = None, backend: str = "auto",
+def create_app(weights, *, conf: float = PREDICT_NMS.conf, iou: float = PREDICT_NMS.iou, imgsz: int | None = None, backend: str = "auto",
                device: str = "", max_batch: int = 8, max_wait_ms: float = 5.0, max_bytes: int = 32 << 20,
                max_pixels: int = 8192 * 8192, detector=None):
     """The ASGI app serving ``weights`` (any file :class:`yoloforge.Detector` opens, or an open ``detector``)."""
@@ -237,8 +238,8 @@ def add_parser(sub) -> None:
     p.add_argument("--weights", required=True, help="yoloforge .safetensors, an export, or an official checkpoint")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
-    p.add_argument("--conf", type=float, default=0.25, help="default confidence threshold (a request may set its own)")
-    p.add_argument("--iou", type=float, default=0.45, help="default NMS IoU threshold (a request may set its own)")
+    p.add_argument("--conf", type=float, default=PREDICT_NMS.conf, help="default confidence threshold (a request may set its own)")
+    p.add_argument("--iou", type=float, default=PREDICT_NMS.iou, help="default NMS IoU threshold (a request may set its own)")
     p.add_argument("--imgsz", type=int, default=None, help="input size (default: the training size)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
                    help="auto: on a CPU the fastest installed runtime")

@@ -2,7 +2,7 @@
 
 The model can be a torch module or any callable taking a float NCHW batch in [0, 1] (an ONNX
 Runtime or OpenVINO backend), so mAP is computed the same way for every family and format.
-Defaults follow the YOLOv6/v7 test scripts: conf 0.001, NMS IoU 0.65, 300 detections per image.
+Defaults: ``config.VAL_NMS`` (the yolov7 test.py settings: conf 0.001, NMS IoU 0.65, 300 detections per image).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from yoloforge.utils.boxes import unletterbox_boxes
-from yoloforge.utils.nms import non_max_suppression
+from yoloforge.engine.postprocess import VAL, postprocess
 
 
 @dataclass
@@ -77,7 +77,7 @@ def pr_counts(tp, scores, n_gt: int, points: int = 101) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, loader, names: list[str], *, conf: float = 0.001, iou: float = 0.65, max_det: int = 300,
+def evaluate(model, loader, names: list[str], *, conf: float = VAL.conf, iou: float = VAL.iou, max_det: int = VAL.max_det,
              device: str | torch.device = "cpu", half: bool = False, save_dir: str | Path | None = None,
              save_json: bool = False, plots: bool = False, verbose: bool = True,
              desc: str = "val") -> Metrics:
@@ -106,16 +106,16 @@ def evaluate(model, loader, names: list[str], *, conf: float = 0.001, iou: float
         if isinstance(preds, (list, tuple)):
             preds = preds[0]
         t2 = time.perf_counter()
-        dets = non_max_suppression(preds.float(), conf=conf, iou=iou, max_det=max_det, multi_label=True)
+        dets = postprocess(preds, conf, iou, max_det, multi_label=True, ratio_pads=[m["ratio_pad"] for m in metas],
+                           orig_shapes=[m["orig_shape"] for m in metas])
         t3 = time.perf_counter()
         t_pre, t_model, t_post = t_pre + t1 - t0, t_model + t2 - t1, t_post + t3 - t2
         targets = targets.cpu()
         for i, (det, meta) in enumerate(zip(dets, metas)):
-            det = det.cpu().numpy()
             t = targets[targets[:, 0] == i].numpy()
             shape = meta["orig_shape"]
             gt_boxes = unletterbox_boxes(t[:, 2:6], meta["ratio_pad"], shape) if len(t) else np.zeros((0, 4), np.float32)
-            boxes = unletterbox_boxes(det[:, :4], meta["ratio_pad"], shape) if len(det) else np.zeros((0, 4), np.float32)
+            boxes = det[:, :4]
             ign = meta.get("ignore")
             if ign is not None and len(ign):  # COCO iscrowd / VOC difficult: neither a miss nor a false positive
                 gts.append({"boxes": np.concatenate([gt_boxes, ign[:, 1:5]]), "shape": shape,
@@ -124,9 +124,8 @@ def evaluate(model, loader, names: list[str], *, conf: float = 0.001, iou: float
             else:
                 gts.append({"boxes": gt_boxes, "classes": t[:, 1].astype(int), "shape": shape})
             dts.append({"boxes": boxes, "scores": det[:, 4], "classes": det[:, 5].astype(int)})
-            dets_orig = np.concatenate([boxes, det[:, 4:6]], 1)
-            confusion.update(dets_orig, gt_boxes, t[:, 1].astype(int))
-            tps.append(match_predictions(dets_orig, gt_boxes, t[:, 1].astype(int))[:, 0])
+            confusion.update(det, gt_boxes, t[:, 1].astype(int))
+            tps.append(match_predictions(det, gt_boxes, t[:, 1].astype(int))[:, 0])
             ids.append(int(meta["image_id"]) if "image_id" in meta else _image_id(meta["path"], n_img))
             n_img += 1
     gt_cls = [g["classes"][g["iscrowd"] == 0] if "iscrowd" in g else g["classes"] for g in gts]  # without ignored

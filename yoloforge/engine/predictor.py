@@ -20,9 +20,9 @@ import cv2
 import numpy as np
 import torch
 
-from yoloforge.utils.boxes import unletterbox_boxes, xyxy2cxcywh, xyxy2xywh
+from yoloforge.engine.postprocess import PREDICT, postprocess
+from yoloforge.utils.boxes import xyxy2cxcywh, xyxy2xywh
 from yoloforge.utils.logging import get_logger
-from yoloforge.utils.nms import non_max_suppression
 
 LOG = get_logger()
 IMG_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -156,8 +156,8 @@ def preprocess(imgs: list[np.ndarray], imgsz: int, stride: int | None = None) ->
 class Predictor:
     """Runs a model (torch module or any backend callable on float NCHW) over a source."""
 
-    def __init__(self, model, names: list[str], imgsz: int = 640, conf: float = 0.25, iou: float = 0.45,
-                 max_det: int = 300, classes: list[int] | None = None, batch: int = 1, device="cpu",
+    def __init__(self, model, names: list[str], imgsz: int = 640, conf: float = PREDICT.conf, iou: float = PREDICT.iou,
+                 max_det: int = PREDICT.max_det, classes: list[int] | None = None, batch: int = 1, device="cpu",
                  agnostic: bool = False, nms_kind: str = "iou", rect: bool = True):
         from yoloforge.export.runtime import rect_stride
 
@@ -207,20 +207,12 @@ class Predictor:
         pred = self.model(xt)
         if isinstance(pred, (list, tuple)):
             pred = pred[0]
-        pred = torch.as_tensor(pred).float()
+        pred = torch.as_tensor(pred)
         t2 = time.perf_counter()
-        if len(set(confs)) == 1 and len(set(ious)) == 1:
-            dets = non_max_suppression(pred, conf=confs[0], iou=ious[0], max_det=self.max_det,
-                                       classes=self.classes, agnostic=self.agnostic, kind=self.nms_kind)
-        else:
-            dets = [non_max_suppression(pred[k:k + 1], conf=c, iou=u, max_det=self.max_det, classes=self.classes,
-                                        agnostic=self.agnostic, kind=self.nms_kind)[0]
-                    for k, (c, u) in enumerate(zip(confs, ious))]
-        out = []
-        for img, det, rp in zip(imgs, dets, rps):
-            det = det.cpu().numpy()
-            boxes = unletterbox_boxes(det[:, :4], rp, img.shape[:2]) if len(det) else np.zeros((0, 4), np.float32)
-            out.append(Results(boxes, det[:, 4], det[:, 5].astype(int), self.names, "", img, None))
+        dets = postprocess(pred, confs, ious, self.max_det, classes=self.classes, agnostic=self.agnostic,
+                           kind=self.nms_kind, ratio_pads=rps, orig_shapes=[img.shape[:2] for img in imgs])
+        out = [Results(det[:, :4], det[:, 4], det[:, 5].astype(int), self.names, "", img, None)
+               for img, det in zip(imgs, dets)]
         t3 = time.perf_counter()
         for r in out:
             r.speed_ms = {"pre": 1e3 * (t1 - t0) / n, "model": 1e3 * (t2 - t1) / n, "post": 1e3 * (t3 - t2) / n}

@@ -790,13 +790,13 @@ class Trainer:
 
     def _plot_val_batch(self, model: nn.Module) -> None:
         """Predictions of the (fused) best model next to the labels, on the first val batch."""
-        from yoloforge.utils.nms import non_max_suppression
+        from yoloforge.engine.postprocess import PREDICT, postprocess
         from yoloforge.utils.plots import plot_image_grid
 
         imgs, targets, _ = next(iter(self.val_loader))
         with torch.inference_mode():
-            dets = non_max_suppression(model(imgs.to(self.device).float() / 255), conf=0.25, iou=0.45)
-        plot_image_grid(imgs, dets=[d.cpu() for d in dets], names=self.names, path=self.run_dir / "val_batch_pred.png")
+            dets = postprocess(model(imgs.to(self.device).float() / 255), PREDICT.conf, PREDICT.iou, PREDICT.max_det)
+        plot_image_grid(imgs, dets=dets, names=self.names, path=self.run_dir / "val_batch_pred.png")
         plot_image_grid(imgs, targets=targets, names=self.names, path=self.run_dir / "val_batch_labels.png")
 
 

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from yoloforge.config import PREDICT_NMS
 from yoloforge.utils.checkpoint import atomic_write
 
 OUTPUTS_RAW = ("output0",)
@@ -87,7 +88,7 @@ class _OnnxNMS(torch.autograd.Function):
 class NMSHead(nn.Module):
     """``(B, N, 4 + nc)`` -> ``num_dets, boxes, scores, classes`` (layout in the module docstring)."""
 
-    def __init__(self, conf: float = 0.25, iou: float = 0.45, max_det: int = 300):
+    def __init__(self, conf: float = PREDICT_NMS.conf, iou: float = PREDICT_NMS.iou, max_det: int = PREDICT_NMS.max_det):
         super().__init__()
         if not 0 <= conf <= 1 or not 0 <= iou <= 1 or max_det < 1:
             raise ValueError(f"need 0 <= conf, iou <= 1 and max_det >= 1, got {conf}, {iou}, {max_det}")
@@ -169,8 +170,8 @@ def build_meta(model: nn.Module, imgsz: int, names=None, nms: NMSHead | None = N
 
 
 def to_onnx_proto(model: nn.Module, imgsz: int = 640, dynamic: bool = False, half: bool = False,
-                  nms: bool = False, opset: int = 17, conf: float = 0.25, iou: float = 0.45,
-                  max_det: int = 300, batch: int = 1):
+                  nms: bool = False, opset: int = 17, conf: float = PREDICT_NMS.conf,
+                  iou: float = PREDICT_NMS.iou, max_det: int = PREDICT_NMS.max_det, batch: int = 1):
     """Trace the fused model to an in-memory, checked ``onnx.ModelProto`` (no metadata, not simplified)."""
     import onnx
 
@@ -234,7 +235,8 @@ def read_onnx_meta(path: str | Path) -> dict:
 
 def export_onnx(model: nn.Module, path: str | Path, imgsz: int = 640, dynamic: bool = False, half: bool = False,
                 nms: bool = False, opset: int = 17, simplify: bool = True, names=None, meta: dict | None = None,
-                conf: float = 0.25, iou: float = 0.45, max_det: int = 300, batch: int = 1) -> Path:
+                conf: float = PREDICT_NMS.conf, iou: float = PREDICT_NMS.iou, max_det: int = PREDICT_NMS.max_det,
+                batch: int = 1) -> Path:
     """Export the fused ``model`` to ``path`` (.onnx), atomically; returns the path.
 
     Args:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from torch import nn
 
+from yoloforge.config import PREDICT_NMS
+
 IR_NAME = "model.xml"
 META_NAME = "yoloforge.json"
 
@@ -84,8 +86,8 @@ def onnx_to_openvino(onnx_path: str | Path, out_dir: str | Path, half: bool = Fa
 
 def export_openvino(model: nn.Module, out_dir: str | Path, imgsz: int = 640, dynamic: bool = False,
                     half: bool = False, nms: bool = False, names=None, meta: dict | None = None,
-                    conf: float = 0.25, iou: float = 0.45, max_det: int = 300, opset: int = 17,
-                    simplify: bool = True) -> Path:
+                    conf: float = PREDICT_NMS.conf, iou: float = PREDICT_NMS.iou, max_det: int = PREDICT_NMS.max_det,
+                    opset: int = 17, simplify: bool = True) -> Path:
     """Export the fused ``model`` as an OpenVINO IR directory (``model.xml``, ``model.bin``,
     ``yoloforge.json``); returns the directory. Arguments as :func:`yoloforge.export.onnx.export_onnx`;
     with ``half`` the IR weights are stored in fp16 (OpenVINO's CPU plugin still computes in fp32
