@@ -6,7 +6,8 @@ import torch
 
 from yoloforge.engine.average import average, average_states
 from yoloforge.models.registry import build_model
-from yoloforge.utils.checkpoint import load_model, save_weights
+from yoloforge.utils.checkpoint import save_weights
+from yoloforge.weights import load_model
 
 
 def _save(tmp_path, name, seed, model="yolov6n", nc=3, **kw):

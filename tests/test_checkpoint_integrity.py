@@ -9,6 +9,7 @@ import torch
 
 from yoloforge.models.registry import build_model
 from yoloforge.utils import checkpoint as ckpt
+from yoloforge.weights import load_model
 
 
 @pytest.fixture
@@ -20,12 +21,12 @@ def weights(tmp_path):
 
 def test_flipped_byte_in_tensor_data_is_found(weights):
     p, m = weights
-    ckpt.load_model(p)  # intact: loads
+    load_model(p)  # intact: loads
     data = bytearray(p.read_bytes())
     data[-1000] ^= 0x01  # inside the tensor data (the header is at the start)
     p.write_bytes(bytes(data))
     with pytest.raises(ckpt.CheckpointError, match="does not match its content hash"):
-        ckpt.load_model(p)
+        load_model(p)
 
 
 def test_foreign_metadata_is_named(tmp_path):
@@ -137,7 +138,7 @@ def test_training_on_a_really_full_disk_keeps_the_last_state_and_resumes(tiny_da
         Trainer(cfg, callbacks=[FillAfterEpoch1()]).train()
     state = ckpt.load_state(wdir / "last.state.pt")
     assert state["epoch"] == 1 and not state["finished"]
-    ckpt.load_model(wdir / "last.safetensors")
+    load_model(wdir / "last.safetensors")
     assert not list(wdir.glob(".*.tmp"))
     (small_disk / "filler").unlink()
     assert main(["train", "--resume", str(small_disk / "run")]) == 0

@@ -65,7 +65,7 @@ def test_parity_with_official(files, key, stem, name, head):
 
 
 def test_convert_writes_safetensors_that_load_back(files, capsys):
-    from yoloforge.utils.checkpoint import load_model
+    from yoloforge.weights import load_model
 
     out = files["tmp"] / "v6n.safetensors"
     model, meta = convert(files["v6"], out=out)
@@ -226,7 +226,7 @@ def _write_seeded_darknet(cfg: Path, out: Path, seed: int = 0) -> None:
 def test_darknet_yolov4_csp_parity(tmp_path):
     """darknet cfg/yolov4-csp.cfg (+ new_coords decode, Mish, [shortcut], SPP) -> YOLOv4("csp", darknet_neck=True).
     Reference: the independent darknet-semantics forward pass (fixture README) on the same weights."""
-    from yoloforge.utils.checkpoint import load_model
+    from yoloforge.weights import load_model
 
     cfg = tmp_path / "yolov4-csp.cfg"
     cfg.write_text((FIX / "yolov4-csp.cfg").read_text())

@@ -11,8 +11,9 @@ import torch
 from helpers import randomize_bn
 from yoloforge.cli import main
 from yoloforge.models.registry import build_model
-from yoloforge.quant import qat
-from yoloforge.utils.checkpoint import load_model, save_weights
+from yoloforge.quant import fake_quant, qat
+from yoloforge.utils.checkpoint import save_weights
+from yoloforge.weights import load_model
 
 onnx = pytest.importorskip("onnx")
 from onnx import numpy_helper  # noqa: E402
@@ -37,7 +38,7 @@ def _batches(n=3, h=64, w=96):
 
 
 def test_fake_quant_is_int8_with_a_straight_through_gradient():
-    fq = qat.FakeQuant()
+    fq = fake_quant.FakeQuant()
     fq.calibrating = True
     fq(torch.tensor([-0.5, 1.27]))
     fq.calibrating = False
@@ -61,22 +62,22 @@ def _ort(path, optimize=True):
 def test_qat_form_calibration_and_qdq_export_agree(name, tmp_path):
     m = _random(name)
     ref = copy.deepcopy(m).fuse().eval()
-    q = qat.prepare(copy.deepcopy(m), reduce_range=True)  # 7-bit weights: int8 kernels exact on every x86 CPU
+    q = fake_quant.prepare(copy.deepcopy(m), reduce_range=True)  # 7-bit weights: int8 kernels exact on every x86 CPU
     assert not any(type(c) is torch.nn.Conv2d for c in q.modules())  # every conv quantized
     assert any(isinstance(c, torch.nn.BatchNorm2d) for c in q.modules())  # conv + BN pairs keep their BN
     if name == "yolov6n":  # RepVGG blocks are merged: int8 sees the deployed 3x3 convolutions
         assert all(b.reparam is not None for b in q.modules() if type(b).__name__ == "RepVGGBlock")
     batches = _batches()
-    groups = qat.calibrate(q, batches)
-    qs = qat.quantizers(q)
+    groups = fake_quant.calibrate(q, batches)
+    qs = fake_quant.quantizers(q)
     assert all(float(v.amax) > 0 for v in qs.values())
     assert groups and all(len({float(qs[n].amax) for n in g}) == 1 for g in groups.values())  # one scale per tensor
     x = torch.from_numpy(batches[0])
     with torch.no_grad():
         yq = q.eval()(x)
-        qat.set_quant(q, False)
+        fake_quant.set_quant(q, False)
         yf = q(x)
-        qat.set_quant(q, True)
+        fake_quant.set_quant(q, True)
         y_ref = ref(x)
     assert torch.allclose(yf, y_ref, rtol=1e-4, atol=1e-3)  # quantizers off: the float model
     assert 0 < float((yq - y_ref).abs().max()) < 0.05 * float(y_ref.abs().max())  # int8: close, not equal
@@ -110,8 +111,8 @@ def test_eight_bit_weights_export_as_trained(tmp_path):
     does (checked with ONNX Runtime's graph optimizations off: some CPUs' int8 kernels saturate, see
     ``reduce_range_default``)."""
     m = _random("yolov6n")
-    q = qat.prepare(copy.deepcopy(m))
-    qat.calibrate(q, _batches(1))
+    q = fake_quant.prepare(copy.deepcopy(m))
+    fake_quant.calibrate(q, _batches(1))
     out = qat.export_qdq(q, tmp_path, 64, m.names)
     proto = onnx.load(str(out))
     weights = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.name.endswith("_w_int8")]
@@ -125,8 +126,8 @@ def test_eight_bit_weights_export_as_trained(tmp_path):
 
 
 def test_qat_weights_reload_in_their_qat_form(tmp_path):
-    q = qat.prepare(_random("yolov6n"), exclude=["head.cls_preds.0"])
-    qat.calibrate(q, _batches(1))
+    q = fake_quant.prepare(_random("yolov6n"), exclude=["head.cls_preds.0"])
+    fake_quant.calibrate(q, _batches(1))
     w = save_weights(tmp_path / "q.safetensors", q, {"names": q.names, "imgsz": 96})
     back = load_model(w)[0].eval()
     assert back.qat == {"excluded": ["head.cls_preds.0"], "reduce_range": False}
@@ -136,7 +137,7 @@ def test_qat_weights_reload_in_their_qat_form(tmp_path):
     with torch.no_grad():
         assert torch.equal(back(x), q.eval()(x))
     with pytest.raises(ValueError, match="no convolution named 'nope'"):
-        qat.prepare(_random("yolov6n"), exclude=["nope"])
+        fake_quant.prepare(_random("yolov6n"), exclude=["nope"])
 
 
 @pytest.mark.parametrize("name", ["yolov6n", "yolov7-tiny"])
@@ -152,7 +153,7 @@ def test_quantize_method_qat_end_to_end(name, tiny_data, tmp_path):
     rows = (out / "qat_train" / "results.csv").read_text().splitlines()
     assert "train/cwd_loss" in rows[0] and len(rows) == 2  # the distillation term, one epoch
     qmodel = load_model(out / "qat_train" / "weights" / "best.safetensors")[0]
-    assert any(isinstance(c, qat.QuantConv2d) for c in qmodel.modules())
+    assert any(isinstance(c, fake_quant.QuantConv2d) for c in qmodel.modules())
     assert onnx.load(rep["onnx"]).graph.node  # the QDQ model is there and readable
 
 
@@ -187,8 +188,8 @@ def test_qat_recovers_what_ptq_loses_on_an_outlier_channel():
         return torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
     q = copy.deepcopy(f)
-    q[0], q[2] = qat.QuantConv2d.from_conv(q[0]), qat.QuantConv2d.from_conv(q[2])
-    qat.calibrate(q, [data(i).numpy() for i in range(4)])
+    q[0], q[2] = fake_quant.QuantConv2d.from_conv(q[0]), fake_quant.QuantConv2d.from_conv(q[2])
+    fake_quant.calibrate(q, [data(i).numpy() for i in range(4)])
     held_out = data(999, 64)
 
     @torch.no_grad()
@@ -197,7 +198,7 @@ def test_qat_recovers_what_ptq_loses_on_an_outlier_channel():
         return float((q(held_out) - ref).pow(2).mean() / ref.pow(2).mean())
 
     ptq = rel_err()
-    amax = [float(v.amax) for v in qat.quantizers(q).values()]
+    amax = [float(v.amax) for v in fake_quant.quantizers(q).values()]
     opt = torch.optim.Adam(q.parameters(), 1e-3)
     for step in range(300):
         x = data(100 + step)
@@ -208,7 +209,7 @@ def test_qat_recovers_what_ptq_loses_on_an_outlier_channel():
         loss.backward()
         opt.step()
     assert ptq > 0.1 and rel_err() < 0.3 * ptq
-    assert [float(v.amax) for v in qat.quantizers(q).values()] == amax  # training moved weights, not the scales
+    assert [float(v.amax) for v in fake_quant.quantizers(q).values()] == amax  # training moved weights, not the scales
 
 
 def test_a_concatenation_is_quantized_with_one_scale(tmp_path):
@@ -216,8 +217,8 @@ def test_a_concatenation_is_quantized_with_one_scale(tmp_path):
     single QuantizeLinear (every conv reading it shares it), so a runtime that moves Q above the Concat gives all
     its operands that one scale, and no requantization sits in between."""
     m = _random("yolov7-tiny")
-    q = qat.prepare(copy.deepcopy(m))
-    qat.calibrate(q, _batches(1))
+    q = fake_quant.prepare(copy.deepcopy(m))
+    fake_quant.calibrate(q, _batches(1))
     proto = onnx.load(str(qat.export_qdq(q, tmp_path, 64, m.names)))
     consumers: dict[str, list] = {}
     for n in proto.graph.node:

@@ -156,7 +156,8 @@ def test_two_stage_training_and_resume(tmp_path, tiny_data):
     from yoloforge.api import Detector
     from yoloforge.config import TrainConfig
     from yoloforge.engine.trainer import Trainer, TrainingError
-    from yoloforge.utils.checkpoint import load_model, load_state
+    from yoloforge.utils.checkpoint import load_state
+    from yoloforge.weights import load_model
 
     common = dict(data=str(tiny_data), imgsz=64, batch=4, nbs=4, workers=0, project=str(tmp_path),
                   plots=False, verbose=False, tensorboard=False, hyp="small-data")

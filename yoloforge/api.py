@@ -41,7 +41,7 @@ class Detector:
         ``Detector("yolov6s", training_mode="hyper_search")`` (YOLOv6's RepOpt modes) or ``dropblock=0.1`` (yolov4)."""
         from yoloforge.export.runtime import Backend
         from yoloforge.models.registry import build_model
-        from yoloforge.utils.checkpoint import load_model
+        from yoloforge.weights import load_model
 
         self.device = default_device(device)
         self.meta: dict = {}
@@ -112,7 +112,7 @@ class Detector:
                           callbacks=callbacks)
         best = trainer.train()
         if Path(best).exists():
-            from yoloforge.utils.checkpoint import load_model
+            from yoloforge.weights import load_model
 
             self.model, self.meta = load_model(best)
             self.weights = Path(best)

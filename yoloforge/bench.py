@@ -143,7 +143,7 @@ class TensorRTRunner:
 def prepare(fmt: str, weights: Path, imgsz: int, workdir: Path, device: str, data: str | None = None):
     """(callable on float NCHW, Row, what ``Detector`` opens for mAP: weights or the backend itself); raises to
     mark a skip."""
-    from yoloforge.utils.checkpoint import load_model
+    from yoloforge.weights import load_model
 
     if fmt == "torch":
         from yoloforge.export.runtime import TorchBackend

@@ -50,7 +50,7 @@ def extract_scales(model: nn.Module) -> Scales:
 
 def load_scales(path: str | Path) -> Scales:
     """Scales from a hyper-search checkpoint (``.safetensors`` or a resume state) written by yoloforge."""
-    from yoloforge.utils.checkpoint import load_model
+    from yoloforge.weights import load_model
 
     path = Path(path)
     if not path.exists():

@@ -32,6 +32,7 @@ from yoloforge.engine.evaluator import Metrics, evaluate
 from yoloforge.engine.optim import apply_schedule, build_optimizer, lr_lambda, step_due, warmup_iters
 from yoloforge.utils import checkpoint as ckpt
 from yoloforge.utils.logging import get_logger
+from yoloforge.weights import load_model
 
 LOG = get_logger()
 
@@ -343,7 +344,7 @@ class Trainer:
         if not cfg.teacher:
             raise TrainingError("--distill needs --teacher WEIGHTS: a trained model of the same family, classes and "
                                 "reg_max (for self-distillation: the same model trained without --distill)")
-        teacher = ckpt.load_model(self._resolve_weights(cfg.teacher))[0]
+        teacher = load_model(self._resolve_weights(cfg.teacher))[0]
         if getattr(teacher, "fused", False):
             raise TrainingError(f"--teacher {cfg.teacher}: a fused (deploy) model; use the unfused weights")
         try:
@@ -382,7 +383,7 @@ class Trainer:
         cfg, nc = self.cfg, len(self.names)
         weights = self._resolve_weights(cfg.weights)
         if self.given_model is not None or weights:
-            model = self.given_model if self.given_model is not None else ckpt.load_model(weights)[0]
+            model = self.given_model if self.given_model is not None else load_model(weights)[0]
             if self.given_model is None and model.name != cfg.model and self.main:
                 LOG.warning(f"--weights {cfg.weights} holds {model.name}; training {model.name}, not --model {cfg.model}")
             if model.nc != nc:
@@ -758,7 +759,7 @@ class Trainer:
             ckpt.save_weights(best, self.ema.ema, self._meta(epoch, last))
         final = last
         if self.val_loader is not None:
-            model = ckpt.load_model(best)[0].to(self.device).fuse()
+            model = load_model(best)[0].to(self.device).fuse()
             final = evaluate(model, self.val_loader, self.names, conf=self.cfg.conf,
                              iou=self.cfg.iou, device=self.device, save_dir=self.run_dir, plots=self.cfg.plots,
                              verbose=self.cfg.verbose, desc="val best")

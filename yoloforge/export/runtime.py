@@ -147,7 +147,7 @@ class TorchBackend(Backend):
     kind = "torch"
 
     def __init__(self, path_or_model, device: str = "cpu", meta: dict | None = None):
-        from yoloforge.utils.checkpoint import load_model
+        from yoloforge.weights import load_model
 
         if isinstance(path_or_model, torch.nn.Module):
             model, meta, path = path_or_model, dict(meta or {}), Path(getattr(path_or_model, "name", "model"))
@@ -348,7 +348,7 @@ def best_cpu_backend(weights_path: str | Path, imgsz: int | None = None, cache_d
     the ``(model, meta)`` already read from ``weights_path`` (needed for darknet weights, whose cfg is
     another file), else it is read here.
     """
-    from yoloforge.utils.checkpoint import load_model
+    from yoloforge.weights import load_model
 
     weights_path = Path(weights_path)
     model, meta = loaded if loaded is not None else load_model(weights_path)

@@ -67,7 +67,7 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
-    adopt = getattr(conv, "adopt", None)  # a quantization-aware conv hands its quantizers on (quant/qat.py)
+    adopt = getattr(conv, "adopt", None)  # a quantization-aware conv hands its quantizers on (quant/fake_quant.py)
     return adopt(fused) if adopt is not None else fused
 
 

@@ -76,7 +76,7 @@ def weight_scales(w: torch.Tensor, qmax: int = 127) -> torch.Tensor:
 
 def fake_quant_weight(w: torch.Tensor, qmax: int = 127) -> torch.Tensor:
     """int8 symmetric per-output-channel quantize-dequantize (straight-through gradient, as QAT trains it);
-    ``qmax`` 63: 7-bit weights (see :func:`yoloforge.quant.qat.reduce_range_default`)."""
+    ``qmax`` 63: 7-bit weights (see :func:`yoloforge.quant.fake_quant.reduce_range_default`)."""
     zp = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
     return torch.fake_quantize_per_channel_affine(w.float(), weight_scales(w, qmax), zp, 0, -qmax - 1,
                                                   qmax).to(w.dtype)

@@ -124,36 +124,6 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     return state, meta
 
 
-def load_model(path: str | Path, cfg: str | Path | None = None):
-    """Rebuild the model named in the file's metadata and load its weights.
-
-    Official checkpoints (yolov7 / YOLOv6 / ScaledYOLOv4 ``.pt``, darknet ``.weights`` with ``cfg``) are
-    converted on the fly by the safe converter, with a one-line notice.
-    """
-    from yoloforge.models.registry import build_model
-
-    if Path(path).suffix.lower() != ".safetensors":
-        from yoloforge.convert import load_official
-        from yoloforge.utils.logging import get_logger
-
-        model, meta = load_official(path, cfg=cfg)
-        get_logger().info(f"{path}: official {meta.get('source', {}).get('family', '')} checkpoint converted on the "
-                          f"fly to {meta['model']} ({meta['nc']} classes); `yoloforge convert` saves it once")
-        return model, meta
-    state, meta = read_weights(path)
-    model = build_model(meta["model"], **meta.get("build_kwargs", {}))
-    if meta.get("qat") is not None:  # quantization-aware weights: the QAT form first (merged blocks, quantizers)
-        from yoloforge.quant.qat import prepare
-
-        model = prepare(model, meta["qat"].get("excluded", ()), meta["qat"].get("reduce_range", False))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not fit {meta['model']} "
-                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.names = list(meta.get("names") or [str(i) for i in range(model.nc)])
-    return model, meta
-
-
 def _state_hash(state: dict[str, Any]) -> str:
     return tensors_sha256({f"{part}.{k}": v for part in ("model", "ema") for k, v in (state.get(part) or {}).items()})
 
