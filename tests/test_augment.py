@@ -169,6 +169,58 @@ def test_mosaic_canvas_exact():
         check_follow(canvas, lab, tol=0)
 
 
+def test_mosaic9_equals_official_load_mosaic9():
+    """The 2S x 2S window of the 9-image mosaic, pixels and labels, equals WongKinYiu/yolov7's ``load_mosaic9``
+    (fixture by tests/parity/make_augment_fixtures.py: the official function on the same tiles and indices,
+    window offsets drawn as yoloforge draws them)."""
+    from pathlib import Path
+
+    f = np.load(Path(__file__).parent / "fixtures" / "parity" / "mosaic9.npz")
+    n_cases = sum(k.startswith("case") for k in f.files)
+    assert n_cases == 4
+
+    def load(i):
+        return f[f"img{int(i)}"], f[f"boxes{int(i)}"]
+
+    for k in range(n_cases):
+        centre, *others, seed = f[f"case{k}"].tolist()
+        canvas, lab = A.mosaic9(load, [centre, *others], 64, rng=np.random.default_rng(seed), return_full=True)
+        assert canvas.shape == (128, 128, 3) and np.array_equal(canvas, f[f"canvas{k}"]), f"case {k}: pixels differ"
+        want = f[f"labels{k}"]  # the official keeps boxes clipped to nothing; both drop them in the affine step
+        want = want[((want[:, 3] - want[:, 1]) > 1) & ((want[:, 4] - want[:, 2]) > 1)]
+        assert lab.shape == want.shape, f"case {k}"
+        np.testing.assert_allclose(lab, want, atol=1e-3)
+
+
+def test_mosaic9_boxes_follow_and_share():
+    load = _tile_loader(96)
+    for seed in range(4):
+        canvas, lab = A.mosaic9(load, list(range(9)), 96, rng=seed, return_full=True)
+        assert canvas.shape == (192, 192, 3)
+        check_follow(canvas, lab, tol=0)
+    img, lab = A.mosaic9(load, list(range(9)), 96, rng=3, degrees=10, scale=0.3)
+    assert img.shape == (96, 96, 3) and check_follow(img, lab, tol=3) == len(lab)
+    # hyp mosaic9 = share of 9-image mosaics; at 0 there is no extra random draw (the 4-image stream is unchanged)
+    sizes = []
+    for seed in range(200):
+        seen = set()
+        A.Augmenter({"mosaic9": 0.2, "mixup": 0.0}, imgsz=96)(lambda i: seen.add(len(seen)) or load(int(i)), 0, 9,
+                                                                 np.random.default_rng(seed))
+        sizes.append(len(seen))
+    assert set(sizes) == {4, 9} and 0.1 < sizes.count(9) / len(sizes) < 0.3
+    # YOLOv6's mosaic_shuffle: the sample's own image lands on every tile, not only the top-left one
+    first = []
+    for seed in range(40):
+        order = []
+        A.Augmenter({"mosaic_shuffle": True, "mixup": 0.0}, imgsz=96)(
+            lambda i: order.append(int(i)) or load(int(i)), 7, 9, np.random.default_rng(seed))
+        first.append(order.index(7) if order.count(7) == 1 else None)
+    assert {0, 1, 2, 3} <= set(first)
+    a = A.Augmenter({"mixup": 0.0}, imgsz=96)(load, 1, 9, np.random.default_rng(5))
+    b = A.Augmenter({"mixup": 0.0, "mosaic9": 0.0}, imgsz=96)(load, 1, 9, np.random.default_rng(5))
+    assert np.array_equal(a[0], b[0])
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_mosaic_affine_boxes_follow(seed):
     load = _tile_loader(256)

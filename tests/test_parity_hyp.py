@@ -24,20 +24,23 @@ YOLOV7 = {
 }
 # code constants of yolov7: utils/datasets.py mixup np.random.beta(8.0, 8.0), random_perspective scale gain
 # uniform(1 - scale, 1.1 + scale); utils/loss.py ComputeLossAuxOTA 0.25 aux weight; train.py no shuffle
-# (InfiniteDataLoader without sampler), model.half().float(), no gradient clipping, no mosaic-off epochs
+# (InfiniteDataLoader without sampler), model.half().float(), no gradient clipping, no mosaic-off epochs;
+# utils/datasets.py __getitem__ lines 541-544: load_mosaic if random.random() < 0.8 else load_mosaic9
 YOLOV7_CODE = dict(mixup_beta=8.0, scale_bias=0.1, aux_weight=0.25, shuffle=False, init_fp16_round=True,
-                   grad_clip=0.0, close_mosaic=0, warmup_min_iters=1000, step_rule="modulo")
+                   grad_clip=0.0, close_mosaic=0, warmup_min_iters=1000, step_rule="modulo", mosaic9=0.2,
+                   mosaic_shuffle=False)
 
 # meituan/YOLOv6@0.2.0 configs/yolov6{n,t,s,m,l,l_relu}.py solver and data_aug dicts; yolov6/models/loss.py
 # ComputeLoss defaults (warmup_epoch 4, loss weights 1.0 / 2.5 / 0.5, ATSS 9, TAL 13 / 1.0 / 6.0);
-# tools/train.py --stop_aug_last_n_epoch 15; yolov6/data/data_augment.py mixup beta(32, 32); engine.py
+# tools/train.py --stop_aug_last_n_epoch 15; yolov6/data/data_augment.py mixup beta(32, 32); yolov6/data/datasets.py
+# get_mosaic random.shuffle(indices) (the sample's image on any of the 4 tiles); engine.py
 # steps when curr_step - last_opt_step >= accumulate, warm-up max(round(3 * nb), 1000)
 YOLOV6_COMMON = dict(lrf=0.01, momentum=0.937, weight_decay=0.0005, warmup_epochs=3.0, warmup_momentum=0.8,
                      warmup_bias_lr=0.1, hsv_h=0.015, hsv_s=0.7, hsv_v=0.4, degrees=0.0, translate=0.1,
                      shear=0.0, flipud=0.0, fliplr=0.5, mosaic=1.0, loss_cls=1.0, loss_iou=2.5, loss_dfl=0.5,
                      atss_warmup_epochs=4, atss_topk=9, tal_topk=13, tal_alpha=1.0, tal_beta=6.0, mixup_beta=32.0,
                      close_mosaic=15, step_rule="since_last", warmup_min_iters=1000, grad_clip=0.0, shuffle=True,
-                     score_sum="raw", cos_lr=True, nesterov=True)
+                     score_sum="raw", cos_lr=True, nesterov=True, mosaic9=0.0, mosaic_shuffle=True)
 YOLOV6 = {
     "yolov6n": dict(lr0=0.02, scale=0.5, mixup=0.0),
     "yolov6t": dict(lr0=0.01, scale=0.5, mixup=0.0),
@@ -54,7 +57,7 @@ SY4_CSP = dict(lr0=0.01, lrf=0.2, momentum=0.937, weight_decay=0.0005, warmup_ep
                hsv_h=0.015, hsv_s=0.7, hsv_v=0.4, degrees=0.0, translate=0.1, scale=0.9, shear=0.0,
                perspective=0.0, flipud=0.0, fliplr=0.5, mosaic=1.0, mixup=0.0, anchor_match="ratio",
                iou_loss="ciou", label_smoothing=0.0, neighbor_rule="fraction", shuffle=False, mixup_beta=8.0,
-               warmup_min_iters=1000, grad_clip=0.0, close_mosaic=0)
+               warmup_min_iters=1000, grad_clip=0.0, close_mosaic=0, mosaic9=0.0, mosaic_shuffle=False)
 # ScaledYOLOv4@yolov4-large data/hyp.scratch.yaml lines 6-27 ('giou' is its box gain); train.py: cosine to a
 # 0.2 floor (lrf 0.2), warm-up max(3 * nb, 1e3) with momentum from 0.9 and bias lr 0.1;
 # utils/general.py build_targets: the inverse-fraction neighbour rule

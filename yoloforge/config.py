@@ -50,6 +50,8 @@ _COMMON = dict(
     flipud=0.0,
     fliplr=0.5,
     mosaic=1.0,
+    mosaic9=0.0,  # share of the mosaics made of 9 images instead of 4 (yolov7: 0.2)
+    mosaic_shuffle=False,  # the sample's own image on a random tile of the 4-image mosaic (YOLOv6), else top left
     mixup=0.0,
     mixup_beta=8.0,  # MixUp ratio ~ Beta(b, b): 8 in yolov7 / ScaledYOLOv4 utils/datasets.py, 32 in YOLOv6
     cutmix=0.0,  # CutMix probability (YOLOv4 BoF)
@@ -58,7 +60,9 @@ _COMMON = dict(
     cmbn=False,  # cross mini-batch normalization over the accumulation window (YOLOv4)
 )
 
-_YOLOV7 = dict(simota_dedup=False, lead_topk=0, shuffle=False, init_fp16_round=True, scale_bias=0.1)
+# yolov7 utils/datasets.py __getitem__: load_mosaic if random.random() < 0.8 else load_mosaic9 (the second
+# sample of a MixUp too)
+_YOLOV7 = dict(simota_dedup=False, lead_topk=0, shuffle=False, init_fp16_round=True, scale_bias=0.1, mosaic9=0.2)
 
 HYP_PRESETS: dict[str, dict[str, Any]] = {
     # meituan/YOLOv6@0.2.0 configs/yolov6s.py solver + data_aug; loss weights and assigner settings from
@@ -80,6 +84,7 @@ HYP_PRESETS: dict[str, dict[str, Any]] = {
         train_alpha=False,  # solver/build.py groups only .weight/.bias attributes: BottleRep's alpha is never stepped
         close_mosaic=15,
         mixup_beta=32.0,
+        mosaic_shuffle=True,  # yolov6/data/datasets.py get_mosaic: random.shuffle(indices)
         # self-distillation (--distill): class / DFL term weights (configs/yolov6{m,l}.py@0.2.0 head.distill_weight;
         # 0.2.0's N/T/S configs have none -- its distillation needs one -- so they take HEAD's configs/yolov6{n,s}.py
         # values 1.0 / 1.0), the channel-wise term's weight (loss_distill.py loss_weight cwd 10.0), and the teacher's

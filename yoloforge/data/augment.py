@@ -15,8 +15,8 @@ import numpy as np
 PAD = 114
 
 DEFAULT_HYP = dict(hsv_h=0.015, hsv_s=0.7, hsv_v=0.4, degrees=0.0, translate=0.1, scale=0.5, shear=0.0,
-                   perspective=0.0, flipud=0.0, fliplr=0.5, mosaic=1.0, mixup=0.0, cutmix=0.0, mixup_beta=32.0,
-                   scale_bias=0.0)
+                   perspective=0.0, flipud=0.0, fliplr=0.5, mosaic=1.0, mosaic9=0.0, mosaic_shuffle=False,
+                   mixup=0.0, cutmix=0.0, mixup_beta=32.0, scale_bias=0.0)
 
 
 def _rng(rng):
@@ -152,6 +152,61 @@ def mosaic4(load_fn, indices, size, rng=None, degrees=0.0, translate=0.0, scale=
                          border=(-S / 2, -S / 2), rng=rng)
 
 
+def mosaic9(load_fn, indices, size, rng=None, degrees=0.0, translate=0.0, scale=0.0, shear=0.0, scale_bias=0.0,
+            perspective=0.0, return_full=False):
+    """9-image mosaic (WongKinYiu/yolov7 utils/datasets.py ``load_mosaic9``): the first image at (S, S) of a
+    3S×3S canvas, the eight others around it clockwise from the top (each placed against the centre image and
+    the tile before it), a random 2S×2S window of the canvas (offset uniform in [0, S) on each axis), then the
+    same affine crop back to S×S as :func:`mosaic4`. Its objects come smaller and more of them are cut by the
+    window. ``load_fn`` as in :func:`mosaic4`; ``return_full=True`` returns the 2S×2S window and its labels."""
+    rng = _rng(rng)
+    S = size
+    canvas = np.full((3 * S, 3 * S, 3), PAD, np.uint8)
+    out = []
+    h0 = w0 = hp = wp = 0
+    for k, idx in enumerate(indices[:9]):
+        img, lab = load_fn(idx)
+        h, w = img.shape[:2]
+        if k == 0:  # centre
+            h0, w0 = h, w
+            c = S, S, S + w, S + h
+        elif k == 1:  # top
+            c = S, S - h, S + w, S
+        elif k == 2:  # top right
+            c = S + wp, S - h, S + wp + w, S
+        elif k == 3:  # right
+            c = S + w0, S, S + w0 + w, S + h
+        elif k == 4:  # bottom right
+            c = S + w0, S + hp, S + w0 + w, S + hp + h
+        elif k == 5:  # bottom
+            c = S + w0 - w, S + h0, S + w0, S + h0 + h
+        elif k == 6:  # bottom left
+            c = S + w0 - wp - w, S + h0, S + w0 - wp, S + h0 + h
+        elif k == 7:  # left
+            c = S - w, S + h0 - h, S, S + h0
+        else:  # top left
+            c = S - w, S + h0 - hp - h, S, S + h0 - hp
+        padx, pady = c[:2]
+        x1, y1, x2, y2 = (max(v, 0) for v in c)
+        canvas[y1:y2, x1:x2] = img[y1 - pady:, x1 - padx:]
+        lab = np.array(lab, np.float32).reshape(-1, 5).copy()
+        lab[:, [1, 3]] += padx
+        lab[:, [2, 4]] += pady
+        out.append(lab)
+        hp, wp = h, w
+    yc, xc = (int(v) for v in rng.uniform(0, S, 2))
+    canvas = canvas[yc:yc + 2 * S, xc:xc + 2 * S]
+    labels = np.concatenate(out, 0)
+    labels[:, [1, 3]] -= xc
+    labels[:, [2, 4]] -= yc
+    labels[:, 1:] = labels[:, 1:].clip(0, 2 * S)
+    labels = labels[((labels[:, 3] - labels[:, 1]) > 1) & ((labels[:, 4] - labels[:, 2]) > 1)]
+    if return_full:
+        return canvas, labels
+    return random_affine(canvas, labels, degrees, translate, scale, shear, perspective, scale_bias=scale_bias,
+                         border=(-S / 2, -S / 2), rng=rng)
+
+
 def mixup(img1, labels1, img2, labels2, rng=None, beta=32.0):
     """MixUp: blend two same-size images with r ~ Beta(beta, beta) and keep both label sets."""
     r = _rng(rng).beta(beta, beta)
@@ -247,7 +302,7 @@ def clip_and_filter(labels, shape, min_size=1e-2):
 class Augmenter:
     """The training pipeline's steps, configured from a hyp dict (missing keys take :data:`DEFAULT_HYP`).
 
-    ``mosaic(load_fn, indices, rng)`` and ``single(img, labels, rng)`` build the geometric sample;
+    ``mosaic(load_fn, index, n_images, rng)`` and ``single(img, labels, rng)`` build the geometric sample;
     ``mixup(a, b, rng)`` blends two samples when ``hyp['mixup']`` fires; ``cutmix(a, b, rng)`` pastes a
     rectangle of a second sample when ``hyp['cutmix']`` fires (default 0: off, no random draw);
     ``photometric(img, labels, rng)`` applies HSV and the flips. The dataset chains them; each is
@@ -264,7 +319,15 @@ class Augmenter:
         return dict(degrees=h["degrees"], translate=h["translate"], scale=h["scale"], shear=h["shear"],
                     perspective=h["perspective"], scale_bias=h["scale_bias"])
 
-    def mosaic(self, load_fn, indices, rng):
+    def mosaic(self, load_fn, index, n_images, rng):
+        """A mosaic around ``index``: 9 images with probability ``hyp['mosaic9']`` (yolov7: 0.2, no random draw
+        where it is 0), else 4; ``hyp['mosaic_shuffle']`` puts ``index`` on a random one of the 4 tiles (YOLOv6
+        0.2.0 datasets.py ``get_mosaic``: ``random.shuffle(indices)``), else on the top-left one."""
+        if self.hyp["mosaic9"] > 0 and rng.random() < self.hyp["mosaic9"]:
+            return mosaic9(load_fn, [index, *rng.integers(0, n_images, 8)], self.imgsz, rng=rng, **self._affine)
+        indices = [index, *rng.integers(0, n_images, 3)]
+        if self.hyp["mosaic_shuffle"]:
+            rng.shuffle(indices)
         return mosaic4(load_fn, indices, self.imgsz, rng=rng, **self._affine)
 
     def single(self, img, labels, rng):
@@ -294,7 +357,7 @@ class Augmenter:
 
         def geometric(i):
             if mosaic and rng.random() < h["mosaic"]:
-                return self.mosaic(load_fn, [i, *rng.integers(0, n_images, 3)], rng)
+                return self.mosaic(load_fn, i, n_images, rng)
             return self.single(*load_fn(i), rng)
 
         img, labels = geometric(index)
