@@ -1,12 +1,14 @@
-"""Learning side by side: the official training scripts against yoloforge on coco128 (issue 16, part 5).
+"""Learning side by side: the official training scripts against yoloforge (issue 16, part 5).
 
     python benchmarks/train_vs_official.py --out runs/train_vs_official \\
         --official-python OFFVENV/bin/python --yolov7-repo YOLOV7_DIR --yolov6-repo YOLOV6_0.2.0_DIR \\
-        [--models yolov7-tiny,yolov6n] [--seeds 0,1] [--epochs 50] [--imgsz 320] [--batch 16] \\
-        [--recipes official,small-data] [--jobs 2] [--report-only]
+        [--data coco128|demo] [--models yolov7-tiny,yolov6n] [--seeds 0,1] [--epochs 50] [--imgsz 320] \\
+        [--batch 16] [--recipes official,small-data] [--jobs 2] [--amp off] [--skip RUN,..] [--report-only]
 
-Every run trains from scratch on ../shared/data/coco128 (128 train2017 images, validated on the 128 val2017
-ones) with the same hyp, image size, batch, nominal batch 64 and epochs:
+Every run trains from scratch with the same hyp, image size, batch, nominal batch 64 and epochs, on
+``--data``: ``coco128`` (../shared/data/coco128: 128 train2017 images, validated on the 128 val2017 ones) or
+``demo`` (the 400 / 100 generated images of ``yoloforge demo``, on which these models learn in a CPU budget;
+at 160 px, batch 16, 80 epochs the official 1000-iteration warm-up ends half-way):
 
 * ``official``: yolov7's ``train.py`` (cfg/training/yolov7-tiny.yaml, data/hyp.scratch.tiny.yaml) or YOLOv6
   0.2.0's ``tools/train.py`` (configs/yolov6n.py), unmodified but for the local patches that today's stack
@@ -16,14 +18,17 @@ ones) with the same hyp, image size, batch, nominal batch 64 and epochs:
   a second seed the checkout needs a one-line local patch that reads ``OFFICIAL_SEED`` from the environment
   in that call. Without it only the script's own seed runs, and the table says so.
 * ``yoloforge``: ``yoloforge train`` with the preset named after the same official file (``--recipes
-  official``), and with the ``small-data`` recipe laid over it (``--recipes small-data``).
+  official``), and with the ``small-data`` recipe laid over it (``--recipes small-data``); ``--amp off`` by
+  default (fp32, as the official scripts train on a CPU).
 
-Per-epoch mAP comes from each trainer's own validation (yolov7 test.py at conf 0.001; YOLOv6 0.2.0 evaluates
-during training at conf 0.03, its hard-coded value; yoloforge at conf 0.001). The final table also scores
-every run's last EMA weights with one evaluator (yoloforge's, conf 0.001, iou 0.65; official checkpoints
-through the safe converter), so the trainers are compared on equal terms. Runs already finished under
-``--out`` are not repeated; ``--report-only`` only reads them. Writes ``curves.png``, ``final.csv`` and
-``epochs.csv`` into ``--out``.
+Per-epoch mAP comes from each trainer's own validation (yolov7 test.py at conf 0.001, NMS IoU 0.6; YOLOv6
+0.2.0 evaluates during training at conf 0.03, its hard-coded value; yoloforge at conf 0.001, IoU 0.65), the
+per-epoch training loss from each trainer's own log (the sum of its loss components; equal outputs give equal
+components, tests/test_parity_losses.py). The final table also scores every run's last EMA weights with one
+evaluator (yoloforge's, conf 0.001, iou 0.65; official checkpoints through the safe converter), so the
+trainers are compared on equal terms. Runs already finished under ``--out`` are not repeated;
+``--report-only`` only reads them. Writes ``curves.png`` (mAP50-95, mAP50 and training loss per epoch),
+``final.csv`` and ``epochs.csv`` into ``--out``.
 """
 from __future__ import annotations
 
@@ -50,22 +55,30 @@ OFFICIAL_FILES = {  # model -> (official repo kind, model cfg, hyp file) as the 
 }
 
 
-def prepare_data(out: Path) -> Path:
-    """A writable copy of coco128 (both official scripts write label caches beside the labels) + yamls."""
+def prepare_data(out: Path, which: str) -> Path:
+    """A writable data set under ``out/data`` (both official scripts write label caches beside the labels) with
+    the data yamls of the two official scripts beside its ``data.yaml``. ``which``: ``coco128`` (a copy of
+    ../shared/data/coco128) or ``demo`` (the 400 / 100 generated images of ``yoloforge demo``)."""
     import yaml
 
-    root = out / "data" / "coco128"
-    if not (root / "images").is_dir():
-        if not COCO128.is_dir():
-            sys.exit(f"coco128 not found at {COCO128} (expected ../shared/data/coco128 beside the repository)")
-        shutil.copytree(COCO128, root)
-        for p in root.rglob("*"):
-            p.chmod(p.stat().st_mode | 0o200)
+    root = out / "data" / which
+    if which == "demo":
+        from _common import demo_data
+
+        demo_data(root)
+    elif which == "coco128":
+        if not (root / "images").is_dir():
+            if not COCO128.is_dir():
+                sys.exit(f"coco128 not found at {COCO128} (expected ../shared/data/coco128 beside the repository)")
+            shutil.copytree(COCO128, root)
+            for p in root.rglob("*"):
+                p.chmod(p.stat().st_mode | 0o200)
+    else:
+        sys.exit(f"--data {which!r}: expected coco128 or demo")
     d = yaml.safe_load((root / "data.yaml").read_text())
     names = d["names"]
     names = [names[i] for i in range(len(names))] if isinstance(names, dict) else list(names)
-    base = {"train": str(root / "images" / "train2017"), "val": str(root / "images" / "val2017"),
-            "nc": len(names), "names": names}
+    base = {"train": str(root / d["train"]), "val": str(root / d["val"]), "nc": len(names), "names": names}
     (root / "official_yolov7.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
     (root / "official_yolov6.yaml").write_text(yaml.safe_dump({**base, "is_coco": False}, sort_keys=False))
     return root
@@ -91,7 +104,7 @@ class Run:
                    "--data", str(data / "data.yaml"), "--epochs", str(a.epochs), "--imgsz", str(a.imgsz),
                    "--batch", str(a.batch), "--nbs", "64", "--workers", str(a.workers), "--seed", str(self.seed),
                    "--project", str(self.dir.parent), "--name", self.name, "--exist-ok", "--no-plots",
-                   "--val-interval", "1", "--device", "cpu"]
+                   "--val-interval", "1", "--device", "cpu", "--amp", a.amp]
             if self.recipe != "official":
                 cmd += ["--hyp", self.recipe]
             return cmd, REPO, env
@@ -145,6 +158,41 @@ class Run:
                 rows.append((int(m.group(1)), float(m.group(2)), float(m.group(3))))
         return rows
 
+    def losses(self) -> list[tuple[int, float]]:
+        """(epoch from 0, training loss of the epoch): the sum of the loss components each trainer logs, the
+        mean over the epoch's batches (yolov7: box + obj + cls of results.txt; YOLOv6 0.2.0: iou + dfl + cls
+        of its TensorBoard log; yoloforge: the train/*_loss columns of results.csv). The loss parity tests
+        hold the components equal on equal outputs, so the curves are on one scale."""
+        rows = []
+        if self.trainer == "yoloforge":
+            f = self.dir / "results.csv"
+            if f.is_file():
+                for r in csv.DictReader(f.open()):
+                    rows.append((int(r["epoch"]) - 1, sum(float(v) for k, v in r.items()
+                                                          if k.startswith("train/") and v not in ("", "nan"))))
+        elif OFFICIAL_FILES[self.model][0] == "yolov7":
+            f = self.dir / "results.txt"
+            if f.is_file():
+                for line in f.read_text().splitlines():
+                    s = line.split()
+                    if len(s) >= 12:
+                        rows.append((int(s[0].split("/")[0]), float(s[2]) + float(s[3]) + float(s[4])))
+        else:
+            events = sorted(self.dir.glob("events.out.tfevents.*"))
+            if events:
+                from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+                acc = EventAccumulator(str(events[-1]))
+                acc.Reload()
+                tags = [t for t in ("train/iou_loss", "train/dist_focalloss", "train/cls_loss")
+                        if t in acc.Tags()["scalars"]]
+                per = {}
+                for t in tags:
+                    for ev in acc.Scalars(t):  # logged at epoch + 1
+                        per[ev.step - 1] = per.get(ev.step - 1, 0.0) + ev.value
+                rows = sorted(per.items())
+        return rows
+
     def done(self) -> bool:
         c = self.curve()
         return self.last_weights() is not None and len(c) >= self.a.epochs and c[-1][0] >= self.a.epochs - 1
@@ -192,31 +240,31 @@ def official_seed_patched(a, model: str) -> bool:
     return f.is_file() and "OFFICIAL_SEED" in f.read_text()
 
 
-def plot(runs: list[Run], out: Path) -> None:
+def plot(runs: list[Run], out: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     models = sorted({r.model for r in runs})
-    fig, axes = plt.subplots(len(models), 2, figsize=(12, 4.2 * len(models)), squeeze=False)
+    fig, axes = plt.subplots(len(models), 3, figsize=(18, 4.2 * len(models)), squeeze=False)
     colors = {"official script": "tab:red", "yoloforge official": "tab:blue", "yoloforge small-data": "tab:green"}
     for i, model in enumerate(models):
         for r in (r for r in runs if r.model == model):
+            style = dict(color=colors.get(r.label, "gray"), ls="-" if r.seed == 0 else "--",
+                         label=f"{r.label}, seed {r.seed}")
             c = r.curve()
-            if not c:
-                continue
-            ep = [e + 1 for e, _, _ in c]
             for j, k in enumerate((2, 1)):
-                axes[i][j].plot(ep, [x[k] for x in c], color=colors.get(r.label, "gray"),
-                                ls="-" if r.seed == 0 else "--", label=f"{r.label}, seed {r.seed}")
-        for j, what in enumerate(("mAP50-95", "mAP50")):
+                axes[i][j].plot([e + 1 for e, _, _ in c], [x[k] for x in c], **style)
+            lo = r.losses()
+            axes[i][2].plot([e + 1 for e, _ in lo], [v for _, v in lo], **style)
+        for j, what in enumerate(("mAP50-95", "mAP50", "training loss (sum of the logged components)")):
             ax = axes[i][j]
-            ax.set_title(f"{model} on coco128 from scratch: {what} (each trainer's own validation)")
+            ax.set_title(f"{model}, {title}: {what}", fontsize=9)
             ax.set_xlabel("epoch")
-            ax.set_ylabel(what)
+            ax.set_ylabel(what.split(" (")[0])
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=110)
     plt.close(fig)
@@ -228,6 +276,8 @@ def main() -> None:
     ap.add_argument("--official-python", default="", help="python of a venv that runs the official code")
     ap.add_argument("--yolov7-repo", default="", help="a checkout of WongKinYiu/yolov7")
     ap.add_argument("--yolov6-repo", default="", help="a checkout of meituan/YOLOv6 at tag 0.2.0")
+    ap.add_argument("--data", default="coco128", choices=["coco128", "demo"],
+                    help="coco128 (../shared/data/coco128) or demo (yoloforge demo's 400 / 100 generated images)")
     ap.add_argument("--models", default="yolov7-tiny,yolov6n")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--recipes", default="official,small-data", help="yoloforge rows: official and/or small-data")
@@ -236,12 +286,15 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (torch threads = cores / jobs)")
+    ap.add_argument("--amp", default="off", help="yoloforge's --amp (off = fp32, as the official scripts train on CPU)")
+    ap.add_argument("--skip", default="", help="run names not to start (e.g. one still running elsewhere)")
     ap.add_argument("--report-only", action="store_true")
     a = ap.parse_args()
 
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(out)
+    data = prepare_data(out, a.data)
+    title = f"{a.data} from scratch, {a.epochs} epochs at {a.imgsz}, batch {a.batch}"
     seeds = [int(s) for s in a.seeds.split(",")]
     models = a.models.split(",")
     runs: list[Run] = []
@@ -261,31 +314,35 @@ def main() -> None:
 
     if not a.report_only:
         threads = max(1, (os.cpu_count() or 1) // max(1, a.jobs))
+        skip = set(filter(None, a.skip.split(",")))
         with ThreadPoolExecutor(a.jobs) as pool:
-            for msg in pool.map(lambda r: r.train(data, threads), runs):
+            for msg in pool.map(lambda r: r.train(data, threads), [r for r in runs if r.name not in skip]):
                 print(msg, flush=True)
 
     runs = [r for r in runs if r.curve()]
     rows, by_row = [], {}
     with (out / "epochs.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["run", "trainer", "model", "recipe", "seed", "epoch", "mAP50", "mAP50-95"])
+        w.writerow(["run", "trainer", "model", "recipe", "seed", "epoch", "mAP50", "mAP50-95", "train loss"])
         for r in runs:
+            loss = dict(r.losses())
             for e, m50, m in r.curve():
-                w.writerow([r.name, r.trainer, r.model, r.recipe, r.seed, e, m50, m])
+                w.writerow([r.name, r.trainer, r.model, r.recipe, r.seed, e, m50, m, loss.get(e, "")])
     for r in runs:
         c = r.curve()
         fe = final_eval(r, data, a) if r.done() else None
         best = max(c, key=lambda x: x[2])
-        rows.append([r.model, r.label, r.seed, len(c), c[-1][1], c[-1][2], best[2], best[0] + 1,
-                     fe[0] if fe else "-", fe[1] if fe else "-"])
+        lo = r.losses()
+        rows.append([r.model, r.label, r.seed, len(c), lo[-1][1] if lo else "-", c[-1][1], c[-1][2], best[2],
+                     best[0] + 1, fe[0] if fe else "-", fe[1] if fe else "-"])
         if fe:
             by_row.setdefault((r.model, r.label), []).append(fe)
-    heads = ["model", "trainer", "seed", "epochs", "own mAP50", "own mAP50-95", "best mAP50-95", "at epoch",
+    heads = ["model", "trainer", "seed", "epochs", "last train loss", "own mAP50", "own mAP50-95", "best mAP50-95",
+             "at epoch",
              "common mAP50", "common mAP50-95"]
     with (out / "final.csv").open("w", newline="") as f:
         csv.writer(f).writerows([heads] + rows)
-    print(f"\ncoco128 from scratch, {a.epochs} epochs at {a.imgsz}, batch {a.batch} (nominal 64); 'own' = the "
+    print(f"\n{title} (nominal 64); 'own' = the "
           "trainer's own last validation, 'common' = yoloforge's evaluator on the last EMA weights\n")
     print(table(heads, rows))
     spread = []
@@ -298,7 +355,7 @@ def main() -> None:
     for n in notes:
         print("note:", n)
     if runs:
-        plot(runs, out)
+        plot(runs, out, title)
         print(f"\nplot: {out / 'curves.png'}")
 
 
