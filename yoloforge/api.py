@@ -129,38 +129,23 @@ class Detector:
         ``backend``: as in :meth:`predict`, always at fp32 (``"auto"``: on a CPU the fastest runtime,
         exported once and cached; the same mAP as torch to within float rounding).
         """
-        from yoloforge.data.dataset import DetectionDataset
-        from yoloforge.data.formats import load_data_yaml
-        from yoloforge.data.loader import build_dataloader
-        from yoloforge.engine.evaluator import evaluate
+        from yoloforge.engine.evaluator import evaluate_data
 
-        cfg = load_data_yaml(data)
-        source = getattr(cfg, split, None)
-        if not source:
-            raise ValueError(f"{data}: no {split!r} split")
-        if len(cfg.names) != self.nc:
-            raise ValueError(f"{data} has {len(cfg.names)} classes but the model predicts {self.nc}")
         if self.backend is not None and self.backend.nms_in_graph:
             raise ValueError(f"{self.weights}: has NMS inside the graph (fixed thresholds), so mAP would be wrong; "
                              f"validate a model exported without --nms")
         if self.backend is not None and imgsz and imgsz != self.backend.imgsz:
             raise ValueError(f"{self.weights}: exported for imgsz {self.backend.imgsz}, not {imgsz}")
-        from yoloforge.export.runtime import rect_stride
-
-        model = self.runtime(backend, imgsz, precision="fp32")
-        stride = rect_stride(model) if rect else None  # None: square (or a static-shape export)
-        ds = DetectionDataset(source, cfg.names, imgsz=imgsz or self.imgsz, augment=False, verbose=verbose,
-                              stride=stride or 32, rect_batch=batch if stride else 0)
-        loader = build_dataloader(ds, batch, workers, shuffle=False, seed=0)
-        m = evaluate(model, loader, cfg.names, conf=conf, iou=iou, device=self.device, save_dir=save_dir,
-                     save_json=save_json, plots=plots, verbose=verbose)
+        m = evaluate_data(self.runtime(backend, imgsz, precision="fp32"), data, imgsz or self.imgsz, split=split,
+                          batch=batch, conf=conf, iou=iou, workers=workers, rect=rect, device=self.device,
+                          save_json=save_json, save_dir=save_dir, plots=plots, verbose=verbose)
         if verbose:
             LOG.info(m.table())
         return m
 
     def predict(self, source, stream: bool = False, imgsz: int | None = None, conf: float = PREDICT_NMS.conf,
-                iou: float = PREDICT_NMS.iou, max_det: int = PREDICT_NMS.max_det, classes: list[int] | None = None, batch: int = 1,
-                nms: str = "iou", backend: str = "torch", rect: bool = True, precision: str = "auto"):
+                iou: float = PREDICT_NMS.iou, max_det: int = PREDICT_NMS.max_det, classes: list[int] | None = None,
+                batch: int = 1, nms: str = "iou", backend: str = "torch", rect: bool = True, precision: str = "auto"):
         """Results for every image/frame of ``source``; a generator when ``stream`` (use it for videos).
 
         ``backend``: ``"torch"`` (the fused model), ``"auto"`` (on a CPU the fastest runtime installed:
@@ -244,7 +229,4 @@ class Detector:
 
     def _deploy_model(self):
         """A fused copy on the device (the Detector's own model stays trainable)."""
-        import copy
-
-        model = self.model if getattr(self.model, "fused", False) else copy.deepcopy(self.model).fuse()
-        return model.to(self.device).eval()
+        return self.model.deployed().to(self.device).eval()

@@ -24,13 +24,11 @@ import yaml
 
 from yoloforge.utils.boxes import clip_boxes
 
+from .errors import DataError
+
 IMG_FORMATS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dng", ".mpo", ".pfm"}
 CLIP_TOL = 0.01  # corners up to this far outside [0, 1] (normalized) are clipped; farther -> row dropped
 CACHE_VERSION = "yoloforge-scan-3"  # 2: image and category ids are cached too; 3: VOC, ignored regions
-
-
-class DataError(ValueError):
-    """A dataset problem the user must fix; the message names the file."""
 
 
 # ----------------------------------------------------------------------------------------------- data yaml

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DataError
+
 VOC_NAMES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
              "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -31,8 +33,6 @@ def voc_root_of(source) -> Path | None:
 
 def voc_images(source) -> list[Path]:
     """Image paths of a VOC source (ids of an ImageSets list, or every image of JPEGImages/)."""
-    from .formats import DataError
-
     root = voc_root_of(source)
     p = Path(str(source)).expanduser()
     if p.is_dir():

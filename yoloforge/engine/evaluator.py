@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from yoloforge.utils.boxes import unletterbox_boxes
 from yoloforge.engine.postprocess import VAL, postprocess
+from yoloforge.utils.boxes import unletterbox_boxes
 
 
 @dataclass
@@ -164,3 +164,34 @@ def evaluate(model, loader, names: list[str], *, conf: float = VAL.conf, iou: fl
                                                                         save_dir / "confusion_matrix.png"))
             (save_dir / "metrics.json").write_text(json.dumps(m.to_dict(), indent=1))
     return m
+
+
+def evaluate_data(model, data: str | Path, imgsz: int, *, split: str = "val", batch: int = 16,
+                  conf: float = VAL.conf, iou: float = VAL.iou, workers: int = 2, rect: bool = True,
+                  device: str | torch.device = "cpu", save_json: bool = False, save_dir: str | Path | None = None,
+                  plots: bool = False, verbose: bool = True) -> Metrics:
+    """:func:`evaluate` on a split of a data yaml: ``model`` is a torch module or a runtime backend.
+
+    ``rect``: rectangular batches (images grouped by aspect ratio, each batch letterboxed to its own
+    stride-multiple rectangle with half a stride of margin) as the official test scripts evaluate, where the
+    model takes any height/width (torch, runtimes exported with dynamic height/width); else square."""
+    from yoloforge.data.dataset import DetectionDataset
+    from yoloforge.data.formats import load_data_yaml
+    from yoloforge.data.loader import build_dataloader
+    from yoloforge.export.runtime import rect_stride
+
+    cfg = load_data_yaml(data)
+    source = getattr(cfg, split, None)
+    if not source:
+        raise ValueError(f"{data}: no {split!r} split")
+    nc = getattr(model, "nc", None)
+    if nc is None and getattr(model, "names", None) is not None:
+        nc = len(model.names)
+    if nc is not None and len(cfg.names) != nc:
+        raise ValueError(f"{data} has {len(cfg.names)} classes but the model predicts {nc}")
+    stride = rect_stride(model) if rect else None  # None: square (or a static-shape export)
+    ds = DetectionDataset(source, cfg.names, imgsz=imgsz, augment=False, verbose=verbose, stride=stride or 32,
+                          rect_batch=batch if stride else 0)
+    loader = build_dataloader(ds, batch, workers, shuffle=False, seed=0)
+    return evaluate(model, loader, cfg.names, conf=conf, iou=iou, device=device, save_dir=save_dir,
+                    save_json=save_json, plots=plots, verbose=verbose)

@@ -92,3 +92,9 @@ class DetectionModel(nn.Module):
                 m.fuse()
         self.fused = True
         return self.eval()
+
+    def deployed(self) -> "DetectionModel":
+        """The deploy form: a fused copy in eval mode (this model stays trainable), or itself if already fused."""
+        import copy
+
+        return self if self.fused else copy.deepcopy(self).fuse()

@@ -29,13 +29,14 @@ def compare(weights: str | Path, data: str | Path, out_dir: str | Path | None = 
             n_calib: int = 128, skip: int = 3, epochs: int = 10, scales: str = "", batch: int = 16, workers: int = 2,
             openvino: bool = True, runs: int = 20, hyp_override: dict | None = None, reduce_range: bool | None = None,
             verbose: bool = True) -> list[dict]:
-    from yoloforge.api import Detector
-    from yoloforge.quant.ptq import quantize
+    from yoloforge.engine.evaluator import evaluate_data
+    from yoloforge.export.runtime import load_backend
+    from yoloforge.quant.ptq import _torch_weights, quantize
     from yoloforge.quant.qat import quantize_qat
 
     weights = Path(weights)
     out_dir = Path(out_dir) if out_dir else weights.parent / f"{weights.stem}_int8_compare"
-    size = int(imgsz or Detector(str(weights)).imgsz)
+    size = int(imgsz or _torch_weights(weights)[1].get("imgsz") or 640)
     common = dict(imgsz=size, n_calib=n_calib, batch=batch, openvino=openvino, verbose=verbose)
     reps = {
         "PTQ": quantize(weights, data, out_dir / "ptq", sensitivity=False, **common),
@@ -56,7 +57,7 @@ def compare(weights: str | Path, data: str | Path, out_dir: str | Path | None = 
         from yoloforge.export.openvino import onnx_to_openvino
 
         rows[0]["openvino"] = str(onnx_to_openvino(rows[0]["onnx"], out_dir / "ptq" / "model_fp32_openvino"))
-        m = Detector(rows[0]["openvino"]).val(str(data), imgsz=size, batch=batch, verbose=False)
+        m = evaluate_data(load_backend(rows[0]["openvino"]), data, size, batch=batch, verbose=False)
         rows[0].update({"mAP50-95 openvino": m.map, "mAP50 openvino": m.map50})
     for name, rep in reps.items():
         row = {"model": name, "kept_in_float": ",".join(rep.excluded), "weight_bits": rep.weight_bits, "onnx": rep.onnx}

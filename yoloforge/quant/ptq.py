@@ -157,27 +157,24 @@ def quantize(weights: str | Path, data: str | Path, out_dir: str | Path | None =
              openvino: bool = True, evaluate: bool = True, batch: int = 16, warn_drop: float = 0.02,
              verbose: bool = True, rank: str = "output") -> QuantReport:
     """The whole PTQ pipeline of the module docstring for one ``.safetensors`` (or official) weights file."""
-    from yoloforge.api import Detector
     from yoloforge.export.onnx import export_onnx
     from yoloforge.export.runtime import max_stride
 
     weights = Path(weights)
-    det = Detector(str(weights))
-    if det.model is None:
-        raise ValueError(f"{weights}: quantize needs the torch weights (.safetensors or an official checkpoint)")
-    imgsz = int(imgsz or det.imgsz)
+    model, meta = _torch_weights(weights)
+    imgsz = int(imgsz or meta.get("imgsz") or 640)
     out_dir = Path(out_dir) if out_dir else weights.parent / f"{weights.stem}_int8"
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = det._deploy_model().cpu()
+    model = model.deployed().cpu()
     stride = max_stride(model)
-    fp32 = export_onnx(model, out_dir / "model_fp32.onnx", imgsz=imgsz, dynamic=True, names=det.names,
+    fp32 = export_onnx(model, out_dir / "model_fp32.onnx", imgsz=imgsz, dynamic=True, names=model.names,
                        meta={"source_weights": weights.name})
     batches = calibration_batches(data, imgsz, n_calib, stride=stride, verbose=verbose)
     rep = QuantReport(calib_images=len(batches))
     names = conv_node_names(fp32)
     skip_names = list(exclude)
     if sensitivity or skip:
-        skip_names = rank_layers(rep, det, model, data, batches, out_dir, skip, skip_names, rank, imgsz, batch, verbose)
+        skip_names = rank_layers(rep, model, data, batches, out_dir, skip, skip_names, rank, imgsz, batch, verbose)
     unknown = [n for n in skip_names if n not in names]
     if unknown:
         raise ValueError(f"--exclude: no convolution named {unknown[0]!r} in the fused model "
@@ -191,7 +188,7 @@ def quantize(weights: str | Path, data: str | Path, out_dir: str | Path | None =
 
         rep.openvino = str(onnx_to_openvino(q, out_dir / "model_int8_openvino"))
     if evaluate and data:
-        rep.map = _compare_map(det, data, [("int8-onnxruntime", q)] + ([("int8-openvino", Path(rep.openvino))]
+        rep.map = _compare_map(model, data, [("int8-onnxruntime", q)] + ([("int8-openvino", Path(rep.openvino))]
                                                                         if rep.openvino else []), imgsz, batch)
         drop = rep.map["fp32"][0] - min(v[0] for k, v in rep.map.items() if k != "fp32")
         if drop > warn_drop:
@@ -201,13 +198,13 @@ def quantize(weights: str | Path, data: str | Path, out_dir: str | Path | None =
     return rep
 
 
-def rank_layers(rep: QuantReport, det, fused, data, batches, out_dir: Path, skip: int, exclude: list[str], rank: str,
+def rank_layers(rep: QuantReport, fused, data, batches, out_dir: Path, skip: int, exclude: list[str], rank: str,
                 imgsz: int, batch: int, verbose: bool) -> list[str]:
     """The per-layer sensitivity into ``rep`` and sensitivity.csv/png; returns ``exclude`` + the ``skip`` most
     sensitive layers."""
     from yoloforge.quant.sensitivity import layer_sensitivity
 
-    ev = _torch_map(det, data, imgsz, batch) if rank == "map" else None
+    ev = _torch_map(data, imgsz, batch) if rank == "map" else None
     ranked = layer_sensitivity(fused, batches[:8], verbose=verbose, evaluate=ev, rank=rank)
     rep.sensitivity = [[s.name, s.shown(rank), s.score_err, s.box_err, s.mse, s.snr_db, s.cosine, s.map_drop]
                        for s in ranked]
@@ -216,19 +213,30 @@ def rank_layers(rep: QuantReport, det, fused, data, batches, out_dir: Path, skip
     return list(exclude) + [s.name for s in ranked[:skip] if s.name not in exclude]
 
 
-def _compare_map(det, data, quantized, imgsz, batch) -> dict:
-    from yoloforge.api import Detector
+def _torch_weights(weights: Path):
+    """(model, meta) of the torch weights a quantizer starts from; refuses an exported model."""
+    from yoloforge.weights import load_model
+
+    if weights.suffix.lower() in (".onnx", ".xml") or weights.is_dir():
+        raise ValueError(f"{weights}: quantizing needs the torch weights (.safetensors or an official checkpoint)")
+    return load_model(weights)
+
+
+def _compare_map(fused, data, quantized, imgsz, batch) -> dict:
+    """mAP50-95 / mAP50 on the val split of the fused fp32 model and of each ``(kind, exported path)``."""
+    from yoloforge.engine.evaluator import evaluate_data
+    from yoloforge.export.runtime import load_backend
 
     res = {}
-    m = det.val(str(data), imgsz=imgsz, batch=batch, verbose=False)
+    m = evaluate_data(fused, data, imgsz, batch=batch, verbose=False)
     res["fp32"] = (m.map, m.map50)
     for kind, path in quantized:
-        m = Detector(str(path)).val(str(data), imgsz=imgsz, batch=batch, verbose=False)
+        m = evaluate_data(load_backend(str(path)), data, imgsz, batch=batch, verbose=False)
         res[kind] = (m.map, m.map50)
     return res
 
 
-def _torch_map(det, data, imgsz: int, batch: int):
+def _torch_map(data, imgsz: int, batch: int):
     """``evaluate(model) -> mAP50-95`` of a torch model on the val split (one loader, built once)."""
     from yoloforge.data.dataset import DetectionDataset
     from yoloforge.data.formats import load_data_yaml

@@ -248,24 +248,23 @@ def qat(weights: str | Path, data: str | Path, out_dir: str | Path, epochs: int 
         verbose: bool = True) -> tuple[Path, Path]:
     """Calibrate, train and export (module docstring); returns (QAT weights ``.safetensors``, QDQ ``.onnx``).
     ``reduce_range`` None: 7-bit weights where this CPU needs them (:func:`reduce_range_default`)."""
-    from yoloforge.api import Detector
     from yoloforge.config import TrainConfig
     from yoloforge.export.runtime import max_stride
-    from yoloforge.quant.ptq import calibration_batches
+    from yoloforge.quant.ptq import _torch_weights, calibration_batches
     from yoloforge.weights import load_model
 
     if distill not in ("cwd", "none"):
         raise ValueError(f"--distill {distill!r}: cwd (the fp32 model teaches, official) or none")
     weights = Path(weights)
-    det = Detector(str(weights))
-    if det.model is None or getattr(det.model, "fused", False):
+    src, meta = _torch_weights(weights)
+    if getattr(src, "fused", False):
         raise ValueError(f"{weights}: QAT needs the unfused training weights (.safetensors or an official checkpoint)")
-    imgsz = int(imgsz or det.imgsz)
+    imgsz = int(imgsz or meta.get("imgsz") or 640)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if reduce_range is None:
         reduce_range = reduce_range_default(device)
-    model = prepare(copy.deepcopy(det.model).cpu(), exclude, reduce_range)
+    model = prepare(copy.deepcopy(src).cpu(), exclude, reduce_range)
     batches = calibration_batches(data, imgsz, n_calib, stride=max_stride(model), verbose=verbose)
     groups = calibrate(model, batches)
     if verbose:
@@ -285,7 +284,7 @@ def qat(weights: str | Path, data: str | Path, out_dir: str | Path, epochs: int 
     trainer = _qat_trainer_cls()(cfg, model=model)
     best = trainer.train()
     qmodel = load_model(best)[0]
-    onnx_path = export_qdq(qmodel, out_dir, imgsz, det.names, meta={"source_weights": weights.name,
+    onnx_path = export_qdq(qmodel, out_dir, imgsz, src.names, meta={"source_weights": weights.name,
                                                                      "calib_images": len(batches)})
     return best, onnx_path
 
@@ -313,21 +312,20 @@ def quantize_qat(weights: str | Path, data: str | Path, out_dir: str | Path | No
     import json
     from dataclasses import asdict
 
-    from yoloforge.api import Detector
     from yoloforge.export.runtime import max_stride
-    from yoloforge.quant.ptq import QuantReport, _compare_map, calibration_batches, rank_layers
+    from yoloforge.quant.ptq import QuantReport, _compare_map, _torch_weights, calibration_batches, rank_layers
 
     weights = Path(weights)
     out_dir = Path(out_dir) if out_dir else weights.parent / f"{weights.stem}_qat"
     out_dir.mkdir(parents=True, exist_ok=True)
     rep = QuantReport(method="qat", distill=distill)
     excluded = list(exclude)
-    det = Detector(str(weights))
+    src, meta = _torch_weights(weights)
+    fused = src.deployed().cpu()
+    size = int(imgsz or meta.get("imgsz") or 640)
     if skip:
-        fused = det._deploy_model().cpu()
-        size = int(imgsz or det.imgsz)
         batches = calibration_batches(data, size, n_calib, stride=max_stride(fused), verbose=False)
-        excluded = rank_layers(rep, det, fused, data, batches, out_dir, skip, excluded, rank, size, batch, verbose)
+        excluded = rank_layers(rep, fused, data, batches, out_dir, skip, excluded, rank, size, batch, verbose)
     if reduce_range is None:  # decided here (the same rule qat() applies) so that the report can say it
         reduce_range = reduce_range_default()
     rep.weight_bits = 7 if reduce_range else 8
@@ -340,8 +338,7 @@ def quantize_qat(weights: str | Path, data: str | Path, out_dir: str | Path | No
 
         rep.openvino = str(onnx_to_openvino(onnx_path, out_dir / "model_qat_int8_openvino"))
     if evaluate:
-        size = int(imgsz or det.imgsz)
-        rep.map = _compare_map(det, data, [("qat-onnxruntime", onnx_path)]
+        rep.map = _compare_map(fused, data, [("qat-onnxruntime", onnx_path)]
                                + ([("qat-openvino", Path(rep.openvino))] if rep.openvino else []), size, batch)
     (out_dir / "report.json").write_text(json.dumps(asdict(rep), indent=1))
     return rep
