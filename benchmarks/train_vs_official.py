@@ -65,7 +65,8 @@ def prepare_data(out: Path, which: str) -> Path:
     if which == "demo":
         from _common import demo_data
 
-        demo_data(root)
+        if not (root / "data.yaml").is_file():  # written once: a report must not rewrite images a run is reading
+            demo_data(root)
     elif which == "coco128":
         if not (root / "images").is_dir():
             if not COCO128.is_dir():
@@ -258,13 +259,15 @@ def plot(runs: list[Run], out: Path, title: str) -> None:
                 axes[i][j].plot([e + 1 for e, _, _ in c], [x[k] for x in c], **style)
             lo = r.losses()
             axes[i][2].plot([e + 1 for e, _ in lo], [v for _, v in lo], **style)
-        for j, what in enumerate(("mAP50-95", "mAP50", "training loss (sum of the logged components)")):
+        for j, what in enumerate(("mAP50-95 (own validation)", "mAP50 (own validation)",
+                                  "training loss (sum of the logged terms)")):
             ax = axes[i][j]
-            ax.set_title(f"{model}, {title}: {what}", fontsize=9)
+            ax.set_title(f"{model}: {what}", fontsize=10)
             ax.set_xlabel("epoch")
             ax.set_ylabel(what.split(" (")[0])
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=110)
     plt.close(fig)
