@@ -143,13 +143,17 @@ def mosaic4(load_fn, indices, size, rng=None, degrees=0.0, translate=0.0, scale=
         lab[:, [1, 3]] += x1a - x1b
         lab[:, [2, 4]] += y1a - y1b
         out.append(lab)
-    labels = np.concatenate(out, 0)
+    return _finish_mosaic(canvas, np.concatenate(out, 0), S, rng, return_full, degrees=degrees, translate=translate,
+                          scale=scale, shear=shear, perspective=perspective, scale_bias=scale_bias)
+
+
+def _finish_mosaic(canvas, labels, S, rng, return_full, **affine):
+    """Labels clipped to the 2S x 2S canvas, boxes of at most one pixel dropped, then the affine crop to S x S."""
     labels[:, 1:] = labels[:, 1:].clip(0, 2 * S)
     labels = labels[((labels[:, 3] - labels[:, 1]) > 1) & ((labels[:, 4] - labels[:, 2]) > 1)]
     if return_full:
         return canvas, labels
-    return random_affine(canvas, labels, degrees, translate, scale, shear, perspective, scale_bias=scale_bias,
-                         border=(-S / 2, -S / 2), rng=rng)
+    return random_affine(canvas, labels, border=(-S / 2, -S / 2), rng=rng, **affine)
 
 
 def mosaic9(load_fn, indices, size, rng=None, degrees=0.0, translate=0.0, scale=0.0, shear=0.0, scale_bias=0.0,
@@ -199,12 +203,8 @@ def mosaic9(load_fn, indices, size, rng=None, degrees=0.0, translate=0.0, scale=
     labels = np.concatenate(out, 0)
     labels[:, [1, 3]] -= xc
     labels[:, [2, 4]] -= yc
-    labels[:, 1:] = labels[:, 1:].clip(0, 2 * S)
-    labels = labels[((labels[:, 3] - labels[:, 1]) > 1) & ((labels[:, 4] - labels[:, 2]) > 1)]
-    if return_full:
-        return canvas, labels
-    return random_affine(canvas, labels, degrees, translate, scale, shear, perspective, scale_bias=scale_bias,
-                         border=(-S / 2, -S / 2), rng=rng)
+    return _finish_mosaic(canvas, labels, S, rng, return_full, degrees=degrees, translate=translate, scale=scale,
+                          shear=shear, perspective=perspective, scale_bias=scale_bias)
 
 
 def mixup(img1, labels1, img2, labels2, rng=None, beta=32.0):
