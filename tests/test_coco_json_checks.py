@@ -2,7 +2,6 @@
 never a traceback from inside the loader, never content silently wrong."""
 from __future__ import annotations
 
-import copy
 import json
 
 import cv2

@@ -2,7 +2,6 @@
 tests/parity/make_loss_fixtures.py --family yolov6-distill), its schedule, and training with a teacher."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest

@@ -3,7 +3,6 @@ page in a real headless Chromium (Playwright). Issue 14, part 2."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import socket

@@ -26,9 +26,10 @@ from torch import nn
 from tqdm import tqdm
 
 from yoloforge.config import TrainConfig, load_hyp
-from yoloforge.engine import ddp, repopt
+from yoloforge.engine import ddp
 from yoloforge.engine.ema import ModelEMA, unwrap
 from yoloforge.engine.evaluator import Metrics, evaluate
+from yoloforge.engine.hooks import training_hooks
 from yoloforge.engine.optim import apply_schedule, build_optimizer, lr_lambda, step_due, warmup_iters
 from yoloforge.utils import checkpoint as ckpt
 from yoloforge.utils.logging import get_logger
@@ -139,12 +140,14 @@ def to_float(x):
 
 class Trainer:
     def __init__(self, cfg: TrainConfig | dict, model: nn.Module | None = None, resume_epochs: int | None = None,
-                 callbacks=None):
+                 callbacks=None, hooks=()):
         """``resume_epochs``: with ``cfg.resume``, train up to this many epochs instead of the saved count.
         ``callbacks``: objects with any of the hooks of :class:`yoloforge.engine.callbacks.Callback`, called
-        after the default loggers (TensorBoard, MLflow with ``cfg.mlflow``)."""
+        after the default loggers (TensorBoard, MLflow with ``cfg.mlflow``). ``hooks``: training techniques
+        (:class:`yoloforge.engine.hooks.TrainHook`) added to, or replacing by name, the ones the run selects."""
         self.cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(cfg)
         self.given_model = model
+        self.given_hooks = list(hooks)
         self.resume_epochs = resume_epochs
         self.user_callbacks = list(callbacks or [])
         from yoloforge.engine.callbacks import CallbackList
@@ -245,22 +248,18 @@ class Trainer:
         if self.hyp.get("paste_in", 0) and self.main:
             LOG.warning(f"hyp paste_in={self.hyp['paste_in']} is not applied: yolov7's paste-in needs polygon "
                         f"segments, which yoloforge's datasets do not load")
-        if self.hyp.get("cmbn"):
-            from yoloforge.models.bof import convert_cmbn
-
-            if self.world > 1 and cfg.sync_bn:
-                LOG.warning("hyp cmbn ignored with --sync-bn (SyncBatchNorm replaces CmBN layers)")
-            else:
-                convert_cmbn(self.model, self.accumulate)
+        self.hooks = training_hooks(self, self.given_hooks)
+        for h in self.hooks:
+            h.prepare(self)
         weight_decay = self.hyp["weight_decay"] * cfg.batch * self.accumulate / cfg.nbs
-        repopt_mode = bool(repopt.repopt_blocks(self.model))
-        self.optimizer = build_optimizer(self.model, self.hyp, weight_decay,
-                                         cls=repopt.RepOptimizer if repopt_mode else torch.optim.SGD)
-        if repopt_mode:
-            self._attach_repopt(resume_state)
+        opt_cls = next((h.optimizer_cls for h in self.hooks if h.optimizer_cls is not None), torch.optim.SGD)
+        self.optimizer = build_optimizer(self.model, self.hyp, weight_decay, cls=opt_cls)
+        for h in self.hooks:
+            h.attach(self, resume_state)
         self.lf = lr_lambda(self.hyp, cfg.epochs)
         self.loss_fn = self.model.build_loss(self.hyp)
-        self.teacher = self._build_teacher() if (cfg.distill or cfg.teacher) else None
+        for h in self.hooks:
+            self.loss_fn = h.wrap_loss(self, self.loss_fn)
         if resume_state is None and self.hyp.get("init_fp16_round") and not cfg.weights and self.given_model is None:
             with torch.no_grad():  # yolov7 train.py: model.half().float() before training from scratch
                 for t in list(self.model.parameters()) + list(self.model.buffers()):
@@ -318,47 +317,6 @@ class Trainer:
             LOG.info(f"epoch {epoch + 1}: {n} torch thread(s) for the cores other processes leave free "
                      f"(was {torch.get_num_threads()})")
             torch.set_num_threads(n)
-
-    def _attach_repopt(self, resume_state: dict | None) -> None:
-        """RepOpt stage 2: masks from the scales (kept in the resume state, else ``--scales``); from scratch the
-        kernels are re-initialized from them first (official RepVGGOptimizer with ``reinit`` when not pretrained)."""
-        cfg = self.cfg
-        scales = repopt.RepOptimizer.scales_in(resume_state["optimizer"]) if resume_state else None
-        source = f"--resume {cfg.resume}"
-        if scales is None:
-            if not cfg.scales:
-                raise TrainingError(f"{self.model.name} with training_mode repopt trains with the RepOptimizer, which "
-                                    f"needs --scales: the weights of a --training-mode hyper_search run of "
-                                    f"{self.model.name} on your data (stage 1, docs in README 'RepOptimizer')")
-            scales, source = repopt.load_scales(cfg.scales), f"--scales {cfg.scales}"
-        self.optimizer.attach(self.model, scales, source)
-        if resume_state is None and not cfg.weights and self.given_model is None:
-            repopt.reinitialize(self.model, scales)
-        if self.main:
-            LOG.info(f"RepOptimizer: gradient masks of {len(self.optimizer.masks)} blocks from {source}")
-
-    def _build_teacher(self) -> nn.Module:
-        from yoloforge.losses.yolov6_distill import YOLOv6DistillLoss, check_teacher, prepare_teacher
-
-        cfg = self.cfg
-        if not cfg.teacher:
-            raise TrainingError("--distill needs --teacher WEIGHTS: a trained model of the same family, classes and "
-                                "reg_max (for self-distillation: the same model trained without --distill)")
-        teacher = load_model(self._resolve_weights(cfg.teacher))[0]
-        if getattr(teacher, "fused", False):
-            raise TrainingError(f"--teacher {cfg.teacher}: a fused (deploy) model; use the unfused weights")
-        try:
-            check_teacher(self.model, teacher, f"--teacher {cfg.teacher}")
-        except ValueError as e:
-            raise TrainingError(str(e)) from None
-        teacher = prepare_teacher(teacher.to(self.device), str(self.hyp.get("distill_teacher_bn", "batch")))
-        self.loss_fn = YOLOv6DistillLoss(self.loss_fn, cfg.epochs, cfg.temperature,
-                                         float(self.hyp.get("distill_cls", 1.0)), float(self.hyp.get("distill_dfl", 1.0)),
-                                         float(self.hyp.get("distill_cwd", 10.0)), cfg.distill_feat)
-        if self.main:
-            LOG.info(f"self-distillation from {cfg.teacher} ({teacher.name}) at temperature {cfg.temperature:g}"
-                     + (", with channel-wise distillation of the neck maps" if cfg.distill_feat else ""))
-        return teacher
 
     def _resolve_weights(self, w: str) -> str:
         """``official`` (the model's official release file, its _training one where there is one) or a release
@@ -568,21 +526,15 @@ class Trainer:
             if self.cfg.channels_last:
                 imgs = imgs.contiguous(memory_format=torch.channels_last)
             targets = targets.to(self.device, non_blocking=True)
-            if self.hyp.get("multi_scale") or self.hyp.get("sat_eps", 0) > 0:
-                imgs, targets = self._bag_of_freebies(imgs, targets, epoch, i)
+            for h in self.hooks:
+                imgs, targets = h.batch(self, imgs, targets, epoch, i)
             with self._autocast():
                 outputs = self.train_forward(imgs)
-                teacher_out = None
-                if self.teacher is not None:
-                    with torch.no_grad():
-                        teacher_out = self.teacher(imgs)
+                extra = tuple(x for h in self.hooks for x in h.loss_inputs(self, imgs))
                 with self._loss_precision():
                     if self._loss_fp32:
-                        outputs, teacher_out = to_float((outputs, teacher_out))
-                    if self.teacher is not None:
-                        loss, items = self.loss_fn(outputs, targets, epoch, teacher_out)
-                    else:
-                        loss, items = self.loss_fn(outputs, targets, epoch)
+                        outputs, extra = to_float((outputs, extra))
+                    loss, items = self.loss_fn(outputs, targets, epoch, *extra)
             if not torch.isfinite(loss):
                 self._abort_nonfinite(epoch, i, items)
             self.scaler.scale(loss).backward()
@@ -625,24 +577,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.model)
-        if self.hyp.get("cmbn"):
-            from yoloforge.models.bof import reset_cmbn
-
-            reset_cmbn(self.model)
+        for h in self.hooks:
+            h.after_step(self)
         self._snapshot_step_buffers()
-
-    def _bag_of_freebies(self, imgs, targets, epoch: int, i: int):
-        """YOLOv4 per-batch freebies: random input size, then self-adversarial training (SAT)."""
-        from yoloforge.engine.bof import multiscale_resize, sat_eps, sat_perturb
-
-        rng = np.random.default_rng([self.cfg.seed, epoch, i])  # depends on nothing else: resume/DDP-safe
-        if self.hyp.get("multi_scale"):
-            imgs, targets = multiscale_resize(imgs, targets, self.cfg.imgsz, int(unwrap(self.model).stride.max()), rng)
-        eps = sat_eps(self.hyp.get("sat_eps", 0.0), epoch, self.cfg.epochs, self.hyp["warmup_epochs"])
-        if eps > 0 and rng.random() < 0.5:
-            with self._autocast():
-                imgs = sat_perturb(unwrap(self.model), self.loss_fn, imgs, targets, epoch, eps)
-        return imgs, targets
 
     def _snapshot_step_buffers(self) -> None:
         """Keep the BN statistics of the last optimizer step: forwards after it (of batches that will be

@@ -217,29 +217,26 @@ def export_qdq(model: nn.Module, out_dir: str | Path, imgsz: int, names, meta: d
     return qdq_onnx(fp32, out_dir / "model_qat_int8.onnx", amax, meta, w_qmax.pop())
 
 
-def _qat_trainer_cls():
-    from yoloforge.engine.trainer import Trainer, TrainingError
-    from yoloforge.weights import load_model
+def _cwd_hook():
+    """QAT's teacher: the fp32 model teaches every family by channel-wise distillation of the neck maps; a YOLOv6
+    student keeps the official distillation loss (class, DFL, CWD). Replaces the trainer's "distill" hook."""
+    from yoloforge.engine.hooks import DistillHook, TeacherHook
 
-    class QATTrainer(Trainer):
-        """The trainer with the fp32 model as teacher of every family (channel-wise distillation)."""
+    class QATDistillHook(DistillHook):
+        def load_teacher(self, tr):
+            if getattr(tr.model, "family", "") == "yolov6":
+                return super().load_teacher(tr)
+            return TeacherHook.load_teacher(self, tr)  # any family: no YOLOv6 head check
 
-        def _build_teacher(self):
-            if getattr(self.model, "family", "") == "yolov6":
-                return super()._build_teacher()  # the official distillation loss (class, DFL, CWD)
-            from yoloforge.losses.yolov6_distill import prepare_teacher
+        def distill_loss(self, tr, loss_fn, teacher):
+            if getattr(tr.model, "family", "") == "yolov6":
+                return super().distill_loss(tr, loss_fn, teacher)
+            if tr.main:
+                LOG.info(f"QAT with channel-wise distillation of the neck maps from {tr.cfg.teacher}")
+            return ChannelWiseLoss(loss_fn, NeckTap(tr.model), NeckTap(teacher), tr.cfg.epochs,
+                                   float(tr.hyp.get("distill_cwd", 10.0)))
 
-            teacher = load_model(self.cfg.teacher)[0]
-            if getattr(teacher, "fused", False):
-                raise TrainingError(f"--teacher {self.cfg.teacher}: a fused (deploy) model; use the unfused weights")
-            teacher = prepare_teacher(teacher.to(self.device), str(self.hyp.get("distill_teacher_bn", "batch")))
-            self.loss_fn = ChannelWiseLoss(self.loss_fn, NeckTap(self.model), NeckTap(teacher), self.cfg.epochs,
-                                           float(self.hyp.get("distill_cwd", 10.0)))
-            if self.main:
-                LOG.info(f"QAT with channel-wise distillation of the neck maps from {self.cfg.teacher}")
-            return teacher
-
-    return QATTrainer
+    return QATDistillHook()
 
 
 def qat(weights: str | Path, data: str | Path, out_dir: str | Path, epochs: int = 10, imgsz: int | None = None,
@@ -281,7 +278,9 @@ def qat(weights: str | Path, data: str | Path, out_dir: str | Path, epochs: int 
                       tensorboard=False, scales=scales, teacher=str(weights) if distill == "cwd" else "",
                       amp="off",  # fp32: the fake-quant grid and the convs must simulate the int8 graph, not bf16
                       distill=distill == "cwd", distill_feat=distill == "cwd")
-    trainer = _qat_trainer_cls()(cfg, model=model)
+    from yoloforge.engine.trainer import Trainer
+
+    trainer = Trainer(cfg, model=model, hooks=[_cwd_hook()] if distill == "cwd" else [])
     best = trainer.train()
     qmodel = load_model(best)[0]
     onnx_path = export_qdq(qmodel, out_dir, imgsz, src.names, meta={"source_weights": weights.name,

@@ -301,7 +301,7 @@ def non_max_suppression(pred: torch.Tensor, conf: float = 0.25, iou: float = 0.4
         raise ValueError(f"conf and iou must be in [0, 1], got conf={conf}, iou={iou}")
     if pred.ndim == 2:
         pred = pred[None]
-    bs, nc = pred.shape[0], pred.shape[-1] - 4
+    nc = pred.shape[-1] - 4
     if nc < 1:
         raise ValueError(f"pred must be (B, N, 4 + nc) with nc >= 1, got {tuple(pred.shape)}")
     cls_filter = None
