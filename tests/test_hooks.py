@@ -4,7 +4,6 @@ import torch
 
 from yoloforge.config import TrainConfig
 from yoloforge.engine.hooks import CmBNHook, DistillHook, FreebiesHook, RepOptHook, TrainHook, training_hooks
-from yoloforge.engine.trainer import Trainer
 
 
 class _Stub:
@@ -88,11 +87,11 @@ def test_trainer_calls_a_given_hook_at_every_point(tiny_data, tmp_path):
         def after_step(self, tr):
             calls["step"] += 1
 
-    cfg = TrainConfig(model="yolov6n", data=str(tiny_data), epochs=2, imgsz=64, batch=8, nbs=16, workers=0,
-                      project=str(tmp_path), name="h", deterministic=True, close_mosaic=0, plots=False, verbose=False,
-                      val_interval=5, hyp="small-data")
-    tr = Trainer(cfg, hooks=[Counting()])
-    tr.train()
+    from yoloforge.api import Detector
+
+    Detector("yolov6n").train(data=str(tiny_data), epochs=2, imgsz=64, batch=8, nbs=16, workers=0,
+                              project=str(tmp_path), name="h", deterministic=True, close_mosaic=0, plots=False,
+                              verbose=False, val_interval=5, hyp="small-data", hooks=[Counting()])
     batches = 2 * 2  # 16 images, batch 8, 2 epochs
     assert calls["prepare"] == calls["attach"] == calls["wrap"] == 1
     assert calls["batch"] == calls["inputs"] == calls["extra_seen"] == batches

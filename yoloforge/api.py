@@ -88,9 +88,10 @@ class Detector:
         return int(self.meta.get("imgsz") or 640)
 
     # ------------------------------------------------------------------ verbs
-    def train(self, data: str, callbacks=None, **cfg) -> Path:
+    def train(self, data: str, callbacks=None, hooks=(), **cfg) -> Path:
         """Train (or fine-tune, when this Detector holds weights); returns the best weights' path.
-        ``callbacks``: see :mod:`yoloforge.engine.callbacks`."""
+        ``callbacks``: see :mod:`yoloforge.engine.callbacks` (observe the run); ``hooks``: see
+        :mod:`yoloforge.engine.hooks` (change a training step: a technique of your own)."""
         from yoloforge.config import TrainConfig
         from yoloforge.engine.trainer import Trainer
 
@@ -109,7 +110,7 @@ class Detector:
                 cfg.setdefault("training_mode", self._build_kw["training_mode"])
         trainer = Trainer(TrainConfig.from_dict(dict(cfg, data=str(data))),
                           model=None if cfg.get("weights") else given, resume_epochs=resume_epochs,
-                          callbacks=callbacks)
+                          callbacks=callbacks, hooks=hooks)
         best = trainer.train()
         if Path(best).exists():
             from yoloforge.weights import load_model
