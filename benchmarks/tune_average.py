@@ -1,7 +1,7 @@
 """``yoloforge tune`` and ``yoloforge average`` measured on the demo data (yolov6n at 160).
 
     python benchmarks/tune_average.py [--parts tune,tune_ft,average] [--trials 12] [--epochs 8] [--ft-epochs 6]
-                                      [--seeds 1,2,3] [--space FILE]
+                                      [--seeds 1,2,3] [--space focused|FILE]
                                       [--runs DIR] [--out docs/tune_average]
 
 tune: the demo's preset (``--hyp small-data``: YOLOv6's warm-up of at least 1000 iterations would cover a whole short
@@ -20,8 +20,8 @@ average: the demo's 26-epoch recipe.
   snapshots: the all-images fine-tune keeps ``--save-period 1`` snapshots (of its EMA, as every checkpoint): the
     average of its last 3 and last 5 vs the run's final EMA weights.
 
-``--space FILE``: the studies search that space (``yoloforge tune --space``) instead of tune's default one (every key
-of the preset); ``benchmarks/tune_space_ft.yaml`` is the 8-key space of the README's fine-tuning study.
+``--space S``: the studies search that space (``yoloforge tune --space``: a yaml, or ``focused``, the 8-key space of
+the README's fine-tuning study) instead of tune's default one (every key of the preset).
 
 Every training is cached under ``--runs`` (a rerun continues where it stopped). Writes ``results_tune.csv``,
 ``results_tune_ft.csv`` and ``results_average.csv`` (one row per model) to ``--out``.
@@ -170,8 +170,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8, help="epochs of the from-scratch trials")
     ap.add_argument("--ft-epochs", type=int, default=6, help="epochs of the fine-tune trials")
     ap.add_argument("--seeds", default="1,2,3", help="seeds of the default-vs-tuned comparison")
-    ap.add_argument("--space", type=Path, default=None,
-                    help="the studies' --space yaml (default: tune's own space, every key of the preset)")
+    ap.add_argument("--space", default="",
+                    help="the studies' --space: a yaml or 'focused' (default: tune's own space, every key of the preset)")
     ap.add_argument("--runs", type=Path, default=Path(tempfile.gettempdir()) / "yoloforge_tune_average")
     ap.add_argument("--out", type=Path, default=HERE.parent / "docs" / "tune_average")
     a = ap.parse_args()

@@ -48,6 +48,12 @@ def test_default_space_covers_the_preset_and_a_user_space_is_checked(tmp_path):
     f.write_text("lr0: [0.1, 0.01]\n")
     with pytest.raises(ValueError, match=r"space.yaml:1: lr0: need low < high"):
         load_space(f, load_hyp("yolov6", "yolov6n"))
+    focused = load_space("focused", load_hyp("tiny", "yolov7-tiny"))
+    assert list(focused) == ["lr0", "lrf", "momentum", "warmup_epochs", "warmup_min_iters", "mosaic", "scale", "mixup"]
+    base = load_hyp("yolov6", "yolov6n")  # every preset value inside (clipped only where the preset is outside)
+    assert all(lo <= base[k] <= hi for k, (lo, hi, _) in focused.items() if k not in ("warmup_epochs", "warmup_min_iters"))
+    with pytest.raises(FileNotFoundError, match="focussed"):
+        load_space("focussed", base)
 
 
 def test_two_workers_share_one_study_and_rerun_continues(tmp_path, tiny_data):
