@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from yoloforge.engine.ema import unwrap
+from yoloforge.engine.errors import TrainingError
 from yoloforge.utils.logging import get_logger
 
 LOG = get_logger()
@@ -108,7 +109,6 @@ class RepOptHook(TrainHook):
 
     def attach(self, tr, resume_state):
         from yoloforge.engine import repopt
-        from yoloforge.engine.trainer import TrainingError
 
         cfg = tr.cfg
         scales = repopt.RepOptimizer.scales_in(resume_state["optimizer"]) if resume_state else None
@@ -136,7 +136,6 @@ class TeacherHook(TrainHook):
         self.teacher: nn.Module | None = None
 
     def load_teacher(self, tr) -> nn.Module:
-        from yoloforge.engine.trainer import TrainingError
         from yoloforge.weights import load_model
 
         cfg = tr.cfg
@@ -168,7 +167,6 @@ class DistillHook(TeacherHook):
     channel-wise term of the neck maps with ``distill_feat``), weights decaying by a cosine over the run."""
 
     def load_teacher(self, tr):
-        from yoloforge.engine.trainer import TrainingError
         from yoloforge.losses.yolov6_distill import check_teacher
 
         teacher = super().load_teacher(tr)

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from yoloforge.config import TrainConfig, load_hyp
 from yoloforge.engine import ddp
 from yoloforge.engine.ema import ModelEMA, unwrap
+from yoloforge.engine.errors import TrainingError
 from yoloforge.engine.evaluator import Metrics, evaluate
 from yoloforge.engine.hooks import training_hooks
 from yoloforge.engine.optim import apply_schedule, build_optimizer, lr_lambda, step_due, warmup_iters
@@ -56,10 +57,6 @@ def compile_for_training(model: nn.Module, backend: str = "inductor", device: to
         inductor_config.layout_optimization = False  # process-wide; the oneDNN bug is CPU-only
         apply_onednn_guard(unwrap(model))
     return torch.compile(model, backend=backend)
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss, bad resume state, ...); the message says why."""
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
