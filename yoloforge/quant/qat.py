@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from yoloforge.engine.hooks import DistillHook, TeacherHook
+from yoloforge.engine.hooks import TeacherHook
 from yoloforge.quant.fake_quant import QMAX, QuantConv2d, calibrate, prepare, quantizers, reduce_range_default, set_quant
 from yoloforge.utils.logging import get_logger
 
@@ -218,18 +218,12 @@ def export_qdq(model: nn.Module, out_dir: str | Path, imgsz: int, names, meta: d
     return qdq_onnx(fp32, out_dir / "model_qat_int8.onnx", amax, meta, w_qmax.pop())
 
 
-class QATDistillHook(DistillHook):
-    """QAT's teacher: the fp32 model teaches every family by channel-wise distillation of the neck maps; a YOLOv6
-    student keeps the official distillation loss (class, DFL, CWD). Replaces the trainer's "distill" hook."""
-
-    def load_teacher(self, tr):
-        if getattr(tr.model, "family", "") == "yolov6":
-            return super().load_teacher(tr)
-        return TeacherHook.load_teacher(self, tr)  # any family: no YOLOv6 head check
+class ChannelWiseHook(TeacherHook):
+    """QAT's teacher for the families without a distillation loss of their own: the fp32 model teaches by
+    channel-wise distillation of the neck maps. It replaces the trainer's "distill" hook; a YOLOv6 student keeps
+    that hook (the official distillation loss: class, DFL and, with ``distill_feat``, CWD)."""
 
     def distill_loss(self, tr, loss_fn, teacher):
-        if getattr(tr.model, "family", "") == "yolov6":
-            return super().distill_loss(tr, loss_fn, teacher)
         if tr.main:
             LOG.info(f"QAT with channel-wise distillation of the neck maps from {tr.cfg.teacher}")
         return ChannelWiseLoss(loss_fn, NeckTap(tr.model), NeckTap(teacher), tr.cfg.epochs,
@@ -277,7 +271,8 @@ def qat(weights: str | Path, data: str | Path, out_dir: str | Path, epochs: int 
                       distill=distill == "cwd", distill_feat=distill == "cwd")
     from yoloforge.engine.trainer import Trainer
 
-    trainer = Trainer(cfg, model=model, hooks=[QATDistillHook()] if distill == "cwd" else [])
+    cwd = distill == "cwd" and model.family != "yolov6"  # YOLOv6: the trainer's own distillation (CWD included)
+    trainer = Trainer(cfg, model=model, hooks=[ChannelWiseHook()] if cwd else [])
     best = trainer.train()
     qmodel = load_model(best)[0]
     onnx_path = export_qdq(qmodel, out_dir, imgsz, src.names, meta={"source_weights": weights.name,
