@@ -66,16 +66,67 @@ def demo_data(root: Path) -> Path:
 
 
 def train_cached(runs: Path, name: str, data: Path, seed: int, settings: dict, **kw) -> Path:
-    """Train ``kw['model']`` (default yolov6n) into ``runs/name`` unless its best weights exist; their path."""
+    """Train ``kw['model']`` (default yolov6n) into ``runs/name`` unless that run finished (its final validation
+    wrote metrics.json: a run still going, or one that was stopped, already has best weights); the best weights'
+    path. A stopped run continues where it stopped (``--resume``)."""
     from yoloforge.api import Detector
 
-    best = runs / name / "weights" / "best.safetensors"
-    if best.is_file():
+    run = runs / name
+    best = run / "weights" / "best.safetensors"
+    if best.is_file() and (run / "metrics.json").is_file():
         return best
+    if (run / "weights" / "last.state.pt").is_file():
+        from yoloforge.config import TrainConfig
+        from yoloforge.engine.trainer import Trainer
+
+        print(f"continuing {name} ...", flush=True)
+        return Path(Trainer(TrainConfig.from_dict({"resume": str(run)})).train())
     print(f"training {name} ...", flush=True)
     kw = dict(settings, **kw)
     return Detector(kw.pop("model", "yolov6n")).train(data=str(data), project=str(runs), name=name, exist_ok=True,
                                                       seed=seed, **kw)
+
+
+# coco128 (../shared/data/coco128) trained on its 128 train2017 images and scored on the same images, as
+# ultralytics' coco128.yaml does (val = train2017): 128 images teach a detector nothing that carries over to other
+# images (val2017 stays near mAP 0), but a model that fits them is a model with real COCO statistics to quantize,
+# distil and compare. The demo's settings at 320, bf16 (--amp auto on this kind of CPU) and channels_last.
+COCO128 = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128" / "data.yaml"  # ../shared
+COCO_MODELS = Path(tempfile.gettempdir()) / "yoloforge_coco128_models"
+
+
+def coco_settings(epochs: int = 300) -> dict:
+    return dict(DEMO, epochs=epochs, imgsz=320, close_mosaic=epochs // 10, val_interval=20 if epochs >= 200 else 10,
+                channels_last=True)
+
+
+def coco_fit_data(root: Path = COCO_MODELS) -> Path:
+    """coco128 with its train2017 images as the val split too (ultralytics' coco128.yaml)."""
+    import yaml
+
+    if not COCO128.is_file():
+        raise SystemExit(f"coco128 not found at {COCO128} (../shared/data/coco128 beside the repository)")
+    path = root / "data_fit.yaml"
+    if not path.is_file():
+        cfg = yaml.safe_load(COCO128.read_text())
+        cfg.update(path=str(COCO128.parent.resolve()), val=cfg["train"])
+        root.mkdir(parents=True, exist_ok=True)
+        path.write_text("# coco128 train2017 as both train and val (ultralytics' coco128.yaml convention)\n"
+                        + yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def coco_model(training_mode: str = "repvgg", seed: int = 0) -> Path:
+    """yolov6n trained 300 epochs on :func:`coco_fit_data` (repvgg, or repopt with the scales of a 300-epoch
+    hyper_search run): one cache (``COCO_MODELS``) for every benchmark that needs a coco128 model."""
+    fit = coco_fit_data()
+    if training_mode == "repvgg":
+        return train_cached(COCO_MODELS, f"repvgg_s{seed}", fit, seed, coco_settings())
+    hs = train_cached(COCO_MODELS, "hyper_search_s0", fit, 0, coco_settings(), training_mode="hyper_search")
+    if training_mode == "hyper_search":
+        return hs
+    return train_cached(COCO_MODELS, f"repopt_s{seed}", fit, seed, coco_settings(), training_mode="repopt",
+                        scales=str(hs))
 
 
 DEMO_MODELS = Path(tempfile.gettempdir()) / "yoloforge_demo_models"

@@ -4,13 +4,17 @@ compare`` for each.
     python benchmarks/qat_compare.py [--models repvgg,repopt,yolov7-tiny] [--skip 3] [--epochs 10]
                                      [--runs DIR] [--out docs/qat]
 
-Models (the demo recipe, seed 0, 26 epochs at 160; cached under ``--runs``, a rerun continues):
-  repvgg: yolov6n with its RepVGG blocks (the demo's model);
-  repopt: yolov6n trained by the RepOptimizer with the scales of a hyper-search run (RepOpt stage 1 then 2), the
-    model the paper's QAT is meant for;
-  yolov7-tiny: the anchor-based family (QAT + CWD distils its neck maps; YOLOv6 adds the official class/DFL terms).
+Models (seed 0, trained on the demo data and cached under ``--runs``; a rerun continues):
+  repvgg: yolov6n with its RepVGG blocks (the demo's model: the demo recipe, 26 epochs at 160);
+  repopt: yolov6n trained by the RepOptimizer with the scales of a hyper-search run (RepOpt stage 1 then 2, the demo
+    recipe each), the model the paper's QAT is meant for;
+  yolov7-tiny: the anchor-based family (QAT + CWD distils its neck maps; YOLOv6 adds the official class/DFL terms),
+    trained as benchmarks/train_vs_official.py trains it (its official preset, 80 epochs at 160, nominal batch 64,
+    fp32): in the demo's 26 epochs it learns nothing (mAP50-95 0.03), which leaves its int8 rows nothing to lose;
+  coco128-repvgg, coco128-repopt: yolov6n trained 300 epochs at 320 on coco128's train2017 images and scored on them
+    (benchmarks/_common.py ``coco_model``; ultralytics' coco128.yaml convention), RepVGG and RepOpt.
 Each gets the rows fp32, PTQ, PTQ + skip K by output error and by mAP drop, QAT, QAT + CWD: mAP50-95 / mAP50 on the
-demo's val split through ONNX Runtime and OpenVINO, latency at batch 1 (median of 20). Writes ``results.csv``
+val split (coco128: train2017) through ONNX Runtime and OpenVINO, latency at batch 1 (median of 20). Writes ``results.csv``
 (one row per model and method) to ``--out``.
 """
 from __future__ import annotations
@@ -20,12 +24,17 @@ import csv
 import tempfile
 from pathlib import Path
 
-from _common import DEMO, demo_data, table, train_cached
+from _common import DEMO, coco_fit_data, coco_model, demo_data, table, train_cached
 from _common import demo_model as shared_demo_model
 
 HERE = Path(__file__).resolve().parent
 COLS = ["mAP50-95 onnxruntime", "mAP50 onnxruntime", "ms onnxruntime", "mAP50-95 openvino", "mAP50 openvino",
         "ms openvino"]
+
+
+# benchmarks/train_vs_official.py's yoloforge side with ``--data demo --epochs 80 --imgsz 160``
+V7_DEMO = dict(epochs=80, imgsz=160, batch=16, nbs=64, workers=1, val_interval=1, amp="off", plots=False,
+               verbose=False, tensorboard=False)
 
 
 def demo_model(runs: Path, data: Path, kind: str) -> Path:
@@ -34,6 +43,8 @@ def demo_model(runs: Path, data: Path, kind: str) -> Path:
     if kind == "repopt":
         hs = train_cached(runs, "hyper_search_s0", data, 0, DEMO, training_mode="hyper_search")
         return train_cached(runs, "repopt_s0", data, 0, DEMO, training_mode="repopt", scales=str(hs))
+    if kind == "yolov7-tiny":
+        return train_cached(runs, "yolov7-tiny_80e_s0", data, 0, V7_DEMO, model=kind)
     return train_cached(runs, f"{kind}_s0", data, 0, DEMO, model=kind)
 
 
@@ -52,8 +63,11 @@ def main() -> None:
     out_csv = a.out / "results.csv"
     done = list(csv.DictReader(out_csv.open())) if out_csv.is_file() else []
     for kind in a.models.split(","):
-        w = demo_model(a.runs, data, kind)
-        rows = compare(w, data, out_dir=a.runs / f"compare_{kind}", skip=a.skip, epochs=a.epochs, verbose=False)
+        if kind.startswith("coco128-"):
+            w, d = coco_model(kind.split("-", 1)[1]), coco_fit_data()
+        else:
+            w, d = demo_model(a.runs, data, kind), data
+        rows = compare(w, d, out_dir=a.runs / f"compare_{kind}", skip=a.skip, epochs=a.epochs, verbose=False)
         done = [r for r in done if r["model"] != kind] + [
             {"model": kind, "method": r["model"], "kept in float": r["kept_in_float"], **{c: r.get(c, "") for c in COLS}}
             for r in rows]

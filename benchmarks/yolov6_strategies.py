@@ -1,7 +1,7 @@
 """YOLOv6's training strategies measured: RepOpt vs RepVGG (fp32 and int8 mAP, per-layer ranges) and
 self-distillation vs none, at equal epochs, on the demo data and on coco128.
 
-    python benchmarks/yolov6_strategies.py [--parts demo,coco] [--seeds 0,1] [--coco-epochs 30]
+    python benchmarks/yolov6_strategies.py [--parts demo,coco] [--seeds 0,1] [--coco-student-epochs 100]
                                            [--runs DIR] [--out docs/yolov6_strategies]
 
 demo: the data and settings of ``yoloforge demo`` (generated shapes, 400 / 100 images at 160, 26 epochs,
@@ -10,14 +10,16 @@ batch 16, ``--hyp small-data``), yolov6n from scratch:
   repvgg model distilled from the seed-0 repvgg model (``--teacher``), each with every seed, and a control: seed 0
   distilled from an untrained yolov6n (what the distillation terms do without knowledge in them); the seed-0 repvgg
   and repopt models are quantized by ``yoloforge quantize`` (PTQ, ONNX Runtime int8, 64 calibration images).
-coco: ../shared/data/coco128 at 320, batch 16, ``--coco-epochs``, fine-tuned from the demo's seed-0 models
-  (from scratch nothing learns in that budget): repvgg and repopt (from the demo's repopt model, the same
-  scales), the repvgg run distilled from the seed-0 coco repvgg model, every seed; int8 of the seed-0 ones.
-
-A run whose best weights exist under ``--runs`` is not trained again (the script continues where it stopped).
-Writes results_demo.csv / results_coco128.csv (one row per run) and ranges_demo.png / ranges_coco128.png
-(per-layer input range and weight range of every fused convolution of the seed-0 repvgg and repopt models)
-to ``--out``.
+coco: ../shared/data/coco128 at 320 (benchmarks/_common.py ``coco_model``): trained from scratch on its 128 train2017
+  images and scored on the same images (ultralytics' coco128.yaml convention; the val2017 images are scored too,
+  where a model that saw 128 images stays near 0). The demo's settings otherwise (batch 16, nbs 16, small-data),
+  bf16, channels_last. 300 epochs for repvgg, hyper_search and repopt (stage 2 with the hyper-search run's scales),
+  seed 0; then ``--coco-student-epochs`` (100) for the self-distillation pair: a yolov6n student without and with
+  the 300-epoch repvgg model as its teacher, every seed; int8 of the repvgg and repopt models.
+A finished run under ``--runs`` (coco: the shared coco128 cache) is not trained again, a stopped one continues.
+Writes results_demo.csv / results_coco128.csv (one row per run; coco128's with the val2017 figures too) and
+ranges_demo.png / ranges_coco128.png (per-layer input range and weight range of every fused convolution of the
+seed-0 repvgg and repopt models) to ``--out``.
 """
 from __future__ import annotations
 
@@ -27,16 +29,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _common import DEMO, finish_figure, table
+from _common import COCO128, COCO_MODELS, DEMO, coco_fit_data, coco_model, coco_settings, finish_figure, table
 from _common import demo_data as make_demo_data
 from _common import train_cached as train
 
 from yoloforge.api import Detector
 
 HERE = Path(__file__).resolve().parent
-COCO = HERE.parents[1] / "shared" / "data" / "coco128" / "data.yaml"  # ../shared beside the repo
-
-
 def untrained_teacher(runs: Path, data: Path) -> Path:
     """An untrained yolov6n (seed 123) saved as weights: the control teacher."""
     import torch
@@ -105,7 +104,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="demo,coco")
     ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--coco-epochs", type=int, default=30)
+    ap.add_argument("--coco-student-epochs", type=int, default=100)
     ap.add_argument("--runs", type=Path, default=Path(tempfile.gettempdir()) / "yoloforge_strategies")
     ap.add_argument("--out", type=Path, default=HERE.parent / "docs" / "yolov6_strategies")
     a = ap.parse_args()
@@ -113,27 +112,30 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     head = ["data", "run", "seed", "mAP50-95", "mAP50", "int8 mAP50-95", "int8 mAP50"]
 
-    def report(part: str, runs: dict, data: Path, imgsz: int) -> None:
-        """fp32 mAP of every run, int8 of the seed-0 repvgg / repopt ones; results_<part>.csv, ranges_<part>.png."""
+    def report(part: str, runs: dict, data: Path, imgsz: int, also: Path | None = None) -> None:
+        """fp32 mAP of every run, int8 of the seed-0 repvgg / repopt ones; results_<part>.csv, ranges_<part>.png.
+        ``also``: a second data yaml whose val split is scored too (fp32), in two more columns."""
         rows = []
         for (kind, s), w in sorted(runs.items()):
             q = int8_map(w, data, imgsz) if s == 0 and kind in ("repvgg", "repopt") else ("", "")
-            rows.append([part, kind, s, *fp32_map(w, data, imgsz), *q])
+            more = fp32_map(w, also, imgsz) if also else ()
+            rows.append([part, kind, s, *fp32_map(w, data, imgsz), *q, *more])
             print(rows[-1], flush=True)
+        cols = head + (["val2017 mAP50-95", "val2017 mAP50"] if also else [])
         with open(a.out / f"results_{part}.csv", "w", newline="") as f:
-            csv.writer(f).writerows([head] + rows)
-        print(table(head, [r[:3] + [f"{v:.4f}" if isinstance(v, float) else v for v in r[3:]] for r in rows]))
+            csv.writer(f).writerows([cols] + rows)
+        print(table(cols, [r[:3] + [f"{v:.4f}" if isinstance(v, float) else v for v in r[3:]] for r in rows]))
         plot_ranges(a.out / f"ranges_{part}.png", {k: ranges(runs[(k, 0)], data, imgsz) for k in ("repvgg", "repopt")})
 
-    demo_runs = a.runs / "demo"
-    demo_data = make_demo_data(a.runs / "demo_data")
-    hs = train(demo_runs, "hyper_search_s0", demo_data, 0, DEMO, training_mode="hyper_search")
-    demo = {}
-    for s in seeds:
-        demo[("repvgg", s)] = train(demo_runs, f"repvgg_s{s}", demo_data, s, DEMO)
-        demo[("repopt", s)] = train(demo_runs, f"repopt_s{s}", demo_data, s, DEMO, training_mode="repopt",
-                                    scales=str(hs))
     if "demo" in a.parts:
+        demo_runs = a.runs / "demo"
+        demo_data = make_demo_data(a.runs / "demo_data")
+        hs = train(demo_runs, "hyper_search_s0", demo_data, 0, DEMO, training_mode="hyper_search")
+        demo = {}
+        for s in seeds:
+            demo[("repvgg", s)] = train(demo_runs, f"repvgg_s{s}", demo_data, s, DEMO)
+            demo[("repopt", s)] = train(demo_runs, f"repopt_s{s}", demo_data, s, DEMO, training_mode="repopt",
+                                        scales=str(hs))
         for s in seeds:
             demo[("distill", s)] = train(demo_runs, f"distill_s{s}", demo_data, s, DEMO,
                                          teacher=str(demo[("repvgg", 0)]))
@@ -142,20 +144,14 @@ def main() -> None:
                                                        teacher=str(untrained_teacher(demo_runs, demo_data)))
         report("demo", demo, demo_data, 160)
     if "coco" in a.parts:
-        if not COCO.is_file():
-            raise SystemExit(f"coco128 not found at {COCO}")
-        coco = dict(DEMO, epochs=a.coco_epochs, imgsz=320, close_mosaic=5, val_interval=5)
-        coco_runs = a.runs / "coco"
-        runs = {}
+        fit = coco_fit_data()
+        runs = {(k, 0): coco_model(k) for k in ("repvgg", "hyper_search", "repopt")}
+        short = coco_settings(a.coco_student_epochs)
         for s in seeds:
-            runs[("repvgg", s)] = train(coco_runs, f"repvgg_s{s}", COCO, s, coco, weights=str(demo[("repvgg", 0)]))
-            runs[("repopt", s)] = train(coco_runs, f"repopt_s{s}", COCO, s, coco, weights=str(demo[("repopt", 0)]),
-                                        scales=str(hs))
-        for s in seeds:
-            runs[("distill", s)] = train(coco_runs, f"distill_s{s}", COCO, s, coco, weights=str(demo[("repvgg", 0)]),
+            runs[("student", s)] = train(COCO_MODELS, f"student_s{s}", fit, s, short)
+            runs[("distill", s)] = train(COCO_MODELS, f"distill_s{s}", fit, s, short,
                                          teacher=str(runs[("repvgg", 0)]))
-        report("coco128", runs, COCO, 320)
-
+        report("coco128", runs, fit, 320, also=COCO128)
 
 if __name__ == "__main__":
     main()
