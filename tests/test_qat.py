@@ -85,7 +85,11 @@ def test_qat_form_calibration_and_qdq_export_agree(name, tmp_path):
     proto = onnx.load(str(out))
     ops = [n.op_type for n in proto.graph.node]
     n_relu_q = sum(n.name.endswith("_out_q") for n in proto.graph.node)  # a Q before a ReLU (exact, see qdq_onnx)
-    assert ops.count("QuantizeLinear") - n_relu_q == len(qs) - sum(len(g) - 1 for g in groups.values())
+    outs = fake_quant.output_quantizers(q)  # a LeakyReLU's conv: its output quantized at a scale of its own
+    assert (len(outs) > 0) == (name == "yolov7-tiny") and all(float(v.amax) > 0 for v in outs.values())
+    n_out_q = sum(n.op_type == "QuantizeLinear" and n.name.startswith("qat_y") for n in proto.graph.node)
+    assert n_out_q == len(outs)
+    assert ops.count("QuantizeLinear") - n_relu_q - n_out_q == len(qs) - sum(len(g) - 1 for g in groups.values())
     assert ops.count("Conv") == len(qs)
     weights = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.name.endswith("_w_int8")]
     assert weights and all(w.min() >= -64 and w.max() <= 63 for w in weights)  # 7-bit
@@ -98,12 +102,15 @@ def test_qat_form_calibration_and_qdq_export_agree(name, tmp_path):
         got = sess.run(None, {sess.get_inputs()[0].name: img})[0]
         assert np.abs(got[..., 4:] - want[..., 4:]).max() < 0.02  # scores: the runtime vs the torch simulation
         assert np.abs(got[..., :4] - want[..., :4]).max() < 0.02 * np.abs(want[..., :4]).max()
-    if name == "yolov6n":  # conv -> ReLU -> conv: ONNX Runtime runs the convolutions as int8 QLinearConv
-        so = ort.SessionOptions()
-        so.optimized_model_filepath = str(tmp_path / "opt.onnx")
-        ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
-        fused_ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
-        assert fused_ops.count("QLinearConv") > len(qs) // 2  # 31 of 56 (the rest feed the head outputs, a Concat)
+    # conv -> ReLU -> conv (yolov6n), conv -> LeakyReLU -> conv (yolov7-tiny, with its output quantizers): ONNX
+    # Runtime runs most convolutions as int8 QLinearConv (the rest feed the head outputs, a Concat, float)
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+    fused_ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert fused_ops.count("QLinearConv") > len(qs) // 2  # yolov6n 31 of 56
+    if name == "yolov7-tiny":
+        assert fused_ops.count("QLinearConv") >= len(outs) // 2 and "QLinearLeakyRelu" in fused_ops
 
 
 def test_eight_bit_weights_export_as_trained(tmp_path):
@@ -130,7 +137,7 @@ def test_qat_weights_reload_in_their_qat_form(tmp_path):
     fake_quant.calibrate(q, _batches(1))
     w = save_weights(tmp_path / "q.safetensors", q, {"names": q.names, "imgsz": 96})
     back = load_model(w)[0].eval()
-    assert back.qat == {"excluded": ["head.cls_preds.0"], "reduce_range": False}
+    assert back.qat == {"excluded": ["head.cls_preds.0"], "reduce_range": False, "act_quant": True}
     assert type(back.head.cls_preds[0]) is torch.nn.Conv2d
     assert torch.equal(back.head.cls_preds[1].in_q.amax, q.head.cls_preds[1].in_q.amax)
     x = torch.from_numpy(_batches(1)[0])
@@ -138,6 +145,14 @@ def test_qat_weights_reload_in_their_qat_form(tmp_path):
         assert torch.equal(back(x), q.eval()(x))
     with pytest.raises(ValueError, match="no convolution named 'nope'"):
         fake_quant.prepare(_random("yolov6n"), exclude=["nope"])
+    # QAT weights written before the output quantizers existed (no "act_quant" in their metadata) load as they were
+    old = fake_quant.prepare(_random("yolov7-tiny"), act_quant=False)
+    fake_quant.calibrate(old, _batches(1))
+    old.qat.pop("act_quant")
+    back = load_model(save_weights(tmp_path / "old.safetensors", old, {"names": old.names, "imgsz": 96}))[0].eval()
+    assert not fake_quant.output_quantizers(back)
+    with torch.no_grad():
+        assert torch.equal(back(x), old.eval()(x))
 
 
 @pytest.mark.parametrize("name", ["yolov6n", "yolov7-tiny"])

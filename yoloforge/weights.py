@@ -36,7 +36,8 @@ def load_model(path: str | Path, cfg: str | Path | None = None):
     if meta.get("qat") is not None:  # quantization-aware weights: the QAT form first (merged blocks, quantizers)
         from yoloforge.quant.fake_quant import prepare
 
-        model = prepare(model, meta["qat"].get("excluded", ()), meta["qat"].get("reduce_range", False))
+        q = meta["qat"]
+        model = prepare(model, q.get("excluded", ()), q.get("reduce_range", False), q.get("act_quant", False))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit {meta['model']} "

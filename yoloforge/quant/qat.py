@@ -8,7 +8,9 @@ tools/qat (facts in ../shared/FACTS.md sec. 6; the code here is written for yolo
    becomes a :class:`QuantConv2d`: int8 fake quantization of its input (per tensor, symmetric, ``scale = amax/127``,
    zero point 0) and of its weights (per output channel, symmetric, ``amax`` = the channel's max ``|w|``);
    straight-through estimator, gradient 0 outside ``[-amax, amax]`` (torch's ``fake_quantize_*`` ops). These are the
-   places the exported int8 graph quantizes (Conv inputs and weights, as ``yoloforge quantize``'s PTQ).
+   places the exported int8 graph quantizes (Conv inputs and weights, as ``yoloforge quantize``'s PTQ). A conv whose
+   activation is a LeakyReLU (yolov7-tiny, the darknet tinies) also quantizes its output with a scale of its own
+   (:class:`~yoloforge.quant.fake_quant.QuantAct`), so that the exported conv can run as an int8 kernel.
 2. :func:`~yoloforge.quant.fake_quant.calibrate`: the activation ``amax`` of every quantizer = the largest ``|x|`` over the calibration
    images (the official "max" calibration of N/T); quantizers that read the same tensor are set to one shared
    value (the official graph optimization: one scale per tensor, so the QDQ graph quantizes it once). A
@@ -21,10 +23,11 @@ tools/qat (facts in ../shared/FACTS.md sec. 6; the code here is written for yolo
    DFL KL, channel-wise distillation of the neck maps, cosine decay); YOLOv7 / Scaled-YOLOv4: channel-wise
    distillation of the maps their output convolutions read (weight 10, T 1, the same decay).
 4. :func:`export_qdq`: the trained model fused (BN folded, quantizers kept) and exported to ONNX, then explicit
-   QuantizeLinear / DequantizeLinear pairs written for every quantized Conv: input int8 at the trained scale,
+   QuantizeLinear / DequantizeLinear pairs written for every quantized Conv: input 8-bit at the trained scale,
    weights int8 per channel, bias int32 at ``input_scale * weight_scale`` -- the form ONNX Runtime and OpenVINO run
    with int8 kernels (and TensorRT builds from). A conv whose output only passes a ReLU into one quantizer also gets
-   that quantizer on its output, before the ReLU (exact, and what ONNX Runtime needs to fuse an int8 QLinearConv).
+   that quantizer on its output, before the ReLU (exact, and what ONNX Runtime needs to fuse an int8 QLinearConv);
+   a LeakyReLU's conv gets its own output quantizer's Q/DQ (ONNX Runtime: QLinearConv, then QLinearLeakyRelu).
    ``reduce_range``: 7-bit weights for CPUs whose int8 kernels saturate with 8 (:func:`reduce_range_default`).
 """
 from __future__ import annotations
@@ -37,7 +40,8 @@ import torch
 from torch import nn
 
 from yoloforge.engine.hooks import TeacherHook
-from yoloforge.quant.fake_quant import QMAX, QuantConv2d, calibrate, prepare, quantizers, reduce_range_default, set_quant
+from yoloforge.quant.fake_quant import (QMAX, QuantConv2d, calibrate, output_quantizers, prepare, quantizers,
+                                        reduce_range_default, set_quant)
 from yoloforge.utils.logging import get_logger
 
 LOG = get_logger()
@@ -87,11 +91,20 @@ class ChannelWiseLoss:
         return loss + cwd * k, torch.cat((items, cwd.detach().view(1).to(items.dtype)))
 
 
+# Activations are written as uint8 with zero point 128: the same grid as the symmetric int8 the model trains with
+# (q_u8 = q_s8 + 128, the same scale), in the form ONNX Runtime's x86 int8 kernels take. Written as int8, ONNX Runtime
+# converts each Q -> DQ pair to uint8 itself, but only where the Q has one reader: a tensor read by two convolutions
+# stayed int8 and those convolutions ran in float (measured: 25 of yolov7-tiny's 58; with uint8 written here 3, its
+# output convolutions, which have no quantizer after them).
+ACT_ZP = np.array(128, np.uint8)
+
+
 def qdq_onnx(fp32_onnx: str | Path, out_path: str | Path, act_amax: dict[str, float], meta: dict | None = None,
-             w_qmax: int = QMAX) -> Path:
+             w_qmax: int = QMAX, out_amax: dict[str, float] | None = None) -> Path:
     """Write explicit QDQ into an exported fp32 ONNX: for each Conv of a module in ``act_amax`` (fused-model module
     name -> input amax), int8 input at ``amax/127``, int8 per-channel weights (max scaling to ``w_qmax``: 127, or
-    63 for 7-bit weights) and int32 bias."""
+    63 for 7-bit weights) and int32 bias; for each in ``out_amax`` (module name -> output amax: a
+    :class:`~yoloforge.quant.fake_quant.QuantAct`'s), a Q/DQ pair on the Conv's output at ``amax/127``."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -99,7 +112,8 @@ def qdq_onnx(fp32_onnx: str | Path, out_path: str | Path, act_amax: dict[str, fl
     from yoloforge.quant.ptq import conv_node_names
 
     nodes = conv_node_names(fp32_onnx)
-    missing = [n for n in act_amax if n not in nodes]
+    out_amax = out_amax or {}
+    missing = [n for n in (*act_amax, *out_amax) if n not in nodes]
     if missing:
         raise ValueError(f"{fp32_onnx}: no Conv for the quantized module {missing[0]!r}")
     md = dict(read_onnx_meta(fp32_onnx), **(meta or {}))
@@ -116,7 +130,7 @@ def qdq_onnx(fp32_onnx: str | Path, out_path: str | Path, act_amax: dict[str, fl
             k = len(seen_inputs)
             s_name, z_name, q_name, dq_name = f"qat_x{k}_scale", f"qat_x{k}_zp", f"qat_x{k}_q", f"qat_x{k}_dq"
             new_inits += [numpy_helper.from_array(np.array(x_scale, np.float32), s_name),
-                          numpy_helper.from_array(np.array(0, np.int8), z_name)]
+                          numpy_helper.from_array(ACT_ZP, z_name)]
             pairs.setdefault(node.input[0], []).append(
                 (helper.make_node("QuantizeLinear", [node.input[0], s_name, z_name], [q_name], name=q_name),
                  helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_name], name=dq_name)))
@@ -143,6 +157,19 @@ def qdq_onnx(fp32_onnx: str | Path, out_path: str | Path, act_amax: dict[str, fl
                                         name=bn + "_dq", axis=0))
             node.input[2] = bn + "_dq"
         pairs.setdefault(("weights", node.name), []).append(tuple(deq))
+    for k, (module, amax) in enumerate(out_amax.items()):
+        node = by_name[nodes[module]]
+        y, name = node.output[0], f"qat_y{k}"
+        new_inits += [numpy_helper.from_array(np.array(np.float32(max(amax, 1e-12) / QMAX), np.float32), name + "_scale"),
+                      numpy_helper.from_array(ACT_ZP, name + "_zp")]
+        for reader in g.node:  # every reader of the conv's output reads the dequantized tensor
+            for i, t in enumerate(reader.input):
+                if t == y:
+                    reader.input[i] = name + "_dq"
+        pairs[("output", node.name)] = [(
+            helper.make_node("QuantizeLinear", [y, name + "_scale", name + "_zp"], [name + "_q"], name=name + "_q"),
+            helper.make_node("DequantizeLinear", [name + "_q", name + "_scale", name + "_zp"], [name + "_dq"],
+                             name=name + "_dq"))]
     nodes = list(g.node) + [n for groups in pairs.values() for grp in groups for n in grp]
     nodes += _quantize_before_relu(nodes)
     order = _topological(nodes, {i.name for i in g.input} | set(inits) | {t.name for t in new_inits})
@@ -153,8 +180,8 @@ def qdq_onnx(fp32_onnx: str | Path, out_path: str | Path, act_amax: dict[str, fl
     del g.initializer[:]
     g.initializer.extend(keep + new_inits)
     onnx.checker.check_model(proto)
-    set_meta(proto, dict(md, int8=True, qat=True, int8_quantized_layers=len(act_amax), weight_bits=8 if w_qmax == QMAX
-                         else 7))
+    set_meta(proto, dict(md, int8=True, qat=True, int8_quantized_layers=len(act_amax),
+                         int8_quantized_outputs=len(out_amax), weight_bits=8 if w_qmax == QMAX else 7))
     return atomic_write(Path(out_path), lambda p: onnx.save(proto, p))
 
 
@@ -210,12 +237,13 @@ def export_qdq(model: nn.Module, out_dir: str | Path, imgsz: int, names, meta: d
     out_dir = Path(out_dir)
     fused = copy.deepcopy(model).cpu().fuse().eval()
     amax = {n: float(q.amax) for n, q in quantizers(fused).items() if float(q.amax) > 0}
+    out_amax = {n: float(q.amax) for n, q in output_quantizers(fused).items() if float(q.amax) > 0}
     w_qmax = {m.w_qmax for m in fused.modules() if isinstance(m, QuantConv2d)} or {QMAX}
     if len(w_qmax) > 1:
         raise ValueError(f"QAT model with mixed weight ranges {sorted(w_qmax)}")
     set_quant(fused, False)
     fp32 = export_onnx(fused, out_dir / "model_qat_fp32.onnx", imgsz=imgsz, dynamic=True, names=names, meta=meta)
-    return qdq_onnx(fp32, out_dir / "model_qat_int8.onnx", amax, meta, w_qmax.pop())
+    return qdq_onnx(fp32, out_dir / "model_qat_int8.onnx", amax, meta, w_qmax.pop(), out_amax)
 
 
 class ChannelWiseHook(TeacherHook):
