@@ -12,11 +12,11 @@ from torch import nn
 
 from yoloforge.config import HYP_PRESETS
 from yoloforge.data import augment as A
-from yoloforge.engine.bof import (BOF_SWITCHES, _set_stochastic_eval, multiscale_resize, multiscale_size,
+from yoloforge.families.yolov4.freebies import (BOF_SWITCHES, _set_stochastic_eval, multiscale_resize, multiscale_size,
                                   sat_eps, sat_perturb)
 from yoloforge.engine.optim import lr_lambda
-from yoloforge.losses.yolov4_loss import YOLOv4Loss, build_targets, smooth_bce_targets
-from yoloforge.models.bof import (CmBN2d, DropBlock2d, SpatialAttention, convert_cmbn, reset_cmbn,
+from yoloforge.families.yolov4.loss import YOLOv4Loss, build_targets, smooth_bce_targets
+from yoloforge.families.yolov4.bof import (CmBN2d, DropBlock2d, SpatialAttention, convert_cmbn, reset_cmbn,
                                   set_dropblock)
 from yoloforge.models.registry import build_model
 from yoloforge.utils.nms import nms, non_max_suppression

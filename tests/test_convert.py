@@ -205,7 +205,7 @@ def _write_seeded_darknet(cfg: Path, out: Path, seed: int = 0) -> None:
     file layout (20-byte header, per conv BN beta, gamma, mean, var or bias, then OIHW weights)."""
     import numpy as np
 
-    from yoloforge.convert.darknet import layer_shapes, parse_cfg
+    from yoloforge.families.yolov4.darknet import layer_shapes, parse_cfg
 
     g = torch.Generator().manual_seed(seed)
     with open(out, "wb") as f:
@@ -251,7 +251,7 @@ def test_yolov7_activation_decides_the_variant(files):
     """yolov7-tiny and yolov7-tiny-silu have the same layer shapes: the activation class named in the
     pickle decides, and a forced variant with the other activation is refused (never silently wrong)."""
     from yoloforge.convert.official import read_checkpoint
-    from yoloforge.convert.yolov7_keys import describe
+    from yoloforge.families.yolov7.convert import describe
 
     assert describe(read_checkpoint(files["v7"]))["acts"] == {"lrelu"}
     with pytest.raises(ConvertError, match="yolov7-tiny-silu: activation silu, the checkpoint uses lrelu"):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from yoloforge.config import load_hyp
-from yoloforge.losses.yolov6_distill import YOLOv6DistillLoss, distill_decay, prepare_teacher
-from yoloforge.losses.yolov6_loss import YOLOv6Loss
+from yoloforge.families.yolov6.distill import YOLOv6DistillLoss, distill_decay, prepare_teacher
+from yoloforge.families.yolov6.loss import YOLOv6Loss
 
 FIXTURES = Path(__file__).parent / "fixtures" / "parity"
 CASES = ("yolov6n_distill_tal", "yolov6m_distill_atss", "yolov6m_distill_tal_cwd")

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from yoloforge.losses.yolov4_loss import YOLOv4Loss, anchor_shape_iou, build_targets, smooth_bce_targets
+from yoloforge.families.yolov4.loss import YOLOv4Loss, anchor_shape_iou, build_targets, smooth_bce_targets
 
 STRIDES = [8, 16, 32]
 ANCHORS = torch.tensor([[[10, 13], [16, 30], [33, 23]],

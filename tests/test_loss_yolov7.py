@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from yoloforge.config import HYP_PRESETS
-from yoloforge.losses.yolov7_loss import YOLOv7Loss, level_balance, scaled_gains
+from yoloforge.families.yolov7.loss import YOLOv7Loss, level_balance, scaled_gains
 
 P5 = HYP_PRESETS["p5"]
 ANCHORS = torch.tensor([[[12, 16], [19, 36], [40, 28]], [[36, 75], [76, 55], [72, 146]],

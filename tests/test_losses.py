@@ -4,11 +4,11 @@ import math
 import pytest
 import torch
 
-from yoloforge.losses import yolov6_loss as y6
+from yoloforge.families.yolov6 import loss as y6
 from yoloforge.losses.dfl import distribution_focal_loss
 from yoloforge.losses.iou import IoULoss, bbox_iou
 from yoloforge.losses.vfl import varifocal_loss
-from yoloforge.losses.yolov6_loss import YOLOv6Loss
+from yoloforge.families.yolov6.loss import YOLOv6Loss
 from yoloforge.models.box_coder import boxes_to_distances, distances_to_boxes, make_atss_anchors
 
 

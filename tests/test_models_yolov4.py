@@ -10,8 +10,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from yoloforge.models.anchor_head import AnchorHead
 from yoloforge.models.registry import build_model, list_models
-from yoloforge.models.yolov4 import ANCHORS_TINY, YOLOv4
-from yoloforge.models.yolov4_blocks import (BottleneckCSP, BottleneckCSP2, ChannelAffine, SPPCSP,
+from yoloforge.families.yolov4.model import ANCHORS_TINY, YOLOv4
+from yoloforge.families.yolov4.blocks import (BottleneckCSP, BottleneckCSP2, ChannelAffine, SPPCSP,
                                             TinyCSPBlock)
 from yoloforge.utils.flops import count_gflops, count_params
 from helpers import randomize_bn

@@ -7,11 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from yoloforge.models import common
-from yoloforge.models.common import BepC3, BottleRep, ConvBNAct, RepVGGBlock, fuse_conv_bn
+from yoloforge.families.yolov6 import blocks
+from yoloforge.families.yolov6.blocks import BepC3, BottleRep
+from yoloforge.families.yolov6.model import YOLOv6
 from yoloforge.models.box_coder import dfl_expectation, make_anchor_points, make_atss_anchors
+from yoloforge.models.common import ConvBNAct, RepVGGBlock, fuse_conv_bn
 from yoloforge.models.registry import build_model, list_models
-from yoloforge.models.yolov6 import YOLOv6
 from yoloforge.utils.flops import count_gflops, count_params, model_info
 
 # ../shared/FACTS.md "Verified counts of the official models" (fused, nc 80, 640x640).
@@ -183,7 +184,7 @@ def test_bepc3_structure_and_fuse():
 
 
 def test_transpose_upsamples():
-    assert common.Transpose(8, 4)(torch.randn(1, 8, 5, 7)).shape == (1, 4, 10, 14)
+    assert blocks.Transpose(8, 4)(torch.randn(1, 8, 5, 7)).shape == (1, 4, 10, 14)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -283,6 +284,6 @@ def test_registry():
 
 
 def test_build_loss_passes_settings():
-    pytest.importorskip("yoloforge.losses.yolov6_loss")
+    pytest.importorskip("yoloforge.families.yolov6.loss")
     loss = build_model("yolov6m", nc=4).build_loss({"loss_iou": 3.0})
     assert hasattr(loss, "names")

@@ -14,9 +14,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from yoloforge.models.anchor_head import AnchorHead, ImplicitA, ImplicitM
 from yoloforge.models.registry import build_model, list_models
-from yoloforge.models.yolov7 import YOLOv7
-from yoloforge.models.yolov7_blocks import ELAN, SPPCSPC, DownC, MPDown, RepConvN
-from yoloforge.models import yolov7_specs as S
+from yoloforge.families.yolov7.model import YOLOv7
+from yoloforge.families.yolov7.blocks import ELAN, SPPCSPC, DownC, MPDown, RepConvN
+from yoloforge.families.yolov7 import specs as S
 from yoloforge.utils.flops import count_gflops, count_params
 from helpers import randomize_bn
 
@@ -308,9 +308,9 @@ def test_build_loss_call(monkeypatch):
         def __init__(self, **kw):
             seen.update(kw)
 
-    fake = types.ModuleType("yoloforge.losses.yolov7_loss")
+    fake = types.ModuleType("yoloforge.families.yolov7.loss")
     fake.YOLOv7Loss = FakeLoss
-    monkeypatch.setitem(sys.modules, "yoloforge.losses.yolov7_loss", fake)
+    monkeypatch.setitem(sys.modules, "yoloforge.families.yolov7.loss", fake)
     for name, aux in (("yolov7-tiny", False), ("yolov7-w6", True)):
         seen.clear()
         model = build_model(name, nc=5)

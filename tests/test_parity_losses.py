@@ -33,7 +33,7 @@ def test_named_deviation_changes_the_loss(case, switch):
 
 def test_yolov6_score_sum_raw_vs_clamp_and_empty_batch_guard():
     from yoloforge.config import load_hyp
-    from yoloforge.losses.yolov6_loss import YOLOv6Loss
+    from yoloforge.families.yolov6.loss import YOLOv6Loss
 
     torch.manual_seed(0)
     feats = [torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 2, 2)]

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from yoloforge.engine.repopt import RepOptimizer, extract_scales, gradient_mask, reinitialize
-from yoloforge.models.common import HyperSearchBlock, RealVGGBlock
+from yoloforge.families.yolov6.repopt import RepOptimizer, extract_scales, gradient_mask, reinitialize
+from yoloforge.families.yolov6.blocks import HyperSearchBlock, RealVGGBlock
 from yoloforge.models.registry import build_model
 
 

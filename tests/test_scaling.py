@@ -5,7 +5,7 @@ import pytest
 
 from yoloforge import scaling as S
 from yoloforge.models.registry import build_model
-from yoloforge.models.yolov4_blocks import BottleneckCSP, BottleneckCSP2, TinyCSPBlock
+from yoloforge.families.yolov4.blocks import BottleneckCSP, BottleneckCSP2, TinyCSPBlock
 from yoloforge.utils.flops import count_gflops
 
 KINDS = ("res", "resx", "dark")

@@ -1,4 +1,5 @@
-"""Typed configuration: the training config and the hyper-parameter presets of each family.
+"""Typed configuration: the training config, and the hyper-parameter presets of every family (each family's
+``hyp.py``, gathered here) with the recipes laid over them.
 
 A preset is a flat dict: optimizer, schedule, loss and augmentation knobs in one place. A family
 selects its preset by name (``model.default_hyp``); a user overrides any key with ``--hyp file.yaml``
@@ -13,112 +14,11 @@ from typing import Any
 
 import yaml
 
-# Shared by every family: the training loop of the official scripts (WongKinYiu/yolov7 train.py,
-# ScaledYOLOv4 train.py, meituan/YOLOv6@0.2.0 yolov6/core/engine.py + solver/build.py; they agree on all of it).
-_COMMON = dict(
-    lr0=0.01,  # initial learning rate (SGD)
-    lrf=0.01,  # final lr = lr0 * lrf (cosine)
-    momentum=0.937,
-    weight_decay=5e-4,
-    warmup_epochs=3.0,
-    warmup_momentum=0.8,
-    warmup_bias_lr=0.1,
-    nesterov=True,
-    cos_lr=True,
-    ema_decay=0.9999,
-    ema_tau=2000.0,
-    # the official loop (README "Differences from the official code" lists each switch):
-    warmup_min_iters=1000,  # warm-up is max(round(warmup_epochs * batches), 1000) iterations
-    warmup_max_fraction=0.0,  # 0 = no cap (official); yoloforge's small-data recipe caps it at 1/3 of the run
-    warmup_accumulate=True,  # gradient accumulation ramps from 1 to nbs/batch over the warm-up
-    sched_lag=True,  # after warm-up epoch e uses lf(e - 1): LambdaLR stepped once per epoch after it
-    grad_clip=0.0,  # max gradient norm, 0 = no clipping (no official repo clips)
-    step_rule="modulo",  # optimizer step when it % accumulate == 0 (yolov7, ScaledYOLOv4); "since_last": YOLOv6
-    shuffle=True,
-    close_mosaic=0,  # epochs at the end without mosaic/mixup (YOLOv6: 15, its --stop_aug_last_n_epoch)
-    init_fp16_round=False,  # yolov7 train.py rounds the initial weights through fp16 once
-    # augmentation
-    hsv_h=0.015,
-    hsv_s=0.7,
-    hsv_v=0.4,
-    degrees=0.0,
-    translate=0.1,
-    scale=0.5,
-    scale_bias=0.0,  # scale gain in [1 - scale, 1 + scale + scale_bias]
-    shear=0.0,
-    perspective=0.0,
-    flipud=0.0,
-    fliplr=0.5,
-    mosaic=1.0,
-    mosaic9=0.0,  # share of the mosaics made of 9 images instead of 4 (yolov7: 0.2)
-    mosaic_shuffle=False,  # the sample's own image on a random tile of the 4-image mosaic (YOLOv6), else top left
-    mixup=0.0,
-    mixup_beta=8.0,  # MixUp ratio ~ Beta(b, b): 8 in yolov7 / ScaledYOLOv4 utils/datasets.py, 32 in YOLOv6
-    cutmix=0.0,  # CutMix probability (YOLOv4 BoF)
-    multi_scale=False,  # random input size per batch, 0.5x..1.5x (YOLOv4 BoF)
-    sat_eps=0.0,  # self-adversarial training step size (0 = off; YOLOv4 BoF)
-    cmbn=False,  # cross mini-batch normalization over the accumulation window (YOLOv4)
-)
+from yoloforge.families import FAMILIES
 
-# yolov7 utils/datasets.py __getitem__: load_mosaic if random.random() < 0.8 else load_mosaic9 (the second
-# sample of a MixUp too)
-_YOLOV7 = dict(simota_dedup=False, lead_topk=0, shuffle=False, init_fp16_round=True, scale_bias=0.1, mosaic9=0.2)
-
-HYP_PRESETS: dict[str, dict[str, Any]] = {
-    # meituan/YOLOv6@0.2.0 configs/yolov6s.py solver + data_aug; loss weights and assigner settings from
-    # yolov6/models/loss.py defaults (class 1.0, iou 2.5, dfl 0.5; ATSS warm-up 4 epochs); engine.py: the
-    # step rule, tools/train.py: --stop_aug_last_n_epoch 15; data_augment.py mixup Beta(32, 32).
-    "yolov6": dict(
-        _COMMON,
-        loss_cls=1.0,
-        loss_iou=2.5,
-        loss_dfl=0.5,
-        atss_warmup_epochs=4,
-        atss_topk=9,
-        tal_topk=13,
-        tal_alpha=1.0,
-        tal_beta=6.0,
-        score_sum="raw",
-        assign_argmax_positive=False,
-        step_rule="since_last",
-        train_alpha=False,  # solver/build.py groups only .weight/.bias attributes: BottleRep's alpha is never stepped
-        close_mosaic=15,
-        mixup_beta=32.0,
-        mosaic_shuffle=True,  # yolov6/data/datasets.py get_mosaic: random.shuffle(indices)
-        # self-distillation (--distill): class / DFL term weights (configs/yolov6{m,l}.py@0.2.0 head.distill_weight;
-        # 0.2.0's N/T/S configs have none -- its distillation needs one -- so they take HEAD's configs/yolov6{n,s}.py
-        # values 1.0 / 1.0), the channel-wise term's weight (loss_distill.py loss_weight cwd 10.0), and the teacher's
-        # BN mode ("batch": engine.py get_teacher_model sets track_running_stats=False)
-        distill_cls=1.0,
-        distill_dfl=1.0,
-        distill_cwd=10.0,
-        distill_teacher_bn="batch",
-    ),
-    # WongKinYiu/yolov7 data/hyp.scratch.p5.yaml (box/cls/obj gains are scaled at run time by the number of
-    # levels, classes and image size, as in its train.py). paste_in needs polygon segments: not built.
-    "p5": dict(
-        _COMMON, **_YOLOV7, lrf=0.1, box=0.05, cls=0.3, cls_pw=1.0, obj=0.7, obj_pw=1.0, iou_t=0.20, anchor_t=4.0,
-        fl_gamma=0.0, translate=0.2, scale=0.9, mixup=0.15, paste_in=0.15, loss_ota=1, aux_weight=0.25,
-    ),
-    # data/hyp.scratch.tiny.yaml
-    "tiny": dict(
-        _COMMON, **_YOLOV7, lrf=0.01, box=0.05, cls=0.5, cls_pw=1.0, obj=1.0, obj_pw=1.0, iou_t=0.20, anchor_t=4.0,
-        fl_gamma=0.0, translate=0.1, scale=0.5, mixup=0.05, paste_in=0.05, loss_ota=1, aux_weight=0.25,
-    ),
-    # data/hyp.scratch.p6.yaml
-    "p6": dict(
-        _COMMON, **_YOLOV7, lrf=0.2, box=0.05, cls=0.3, cls_pw=1.0, obj=0.7, obj_pw=1.0, iou_t=0.20, anchor_t=4.0,
-        fl_gamma=0.0, translate=0.2, scale=0.9, mixup=0.15, paste_in=0.15, loss_ota=1, aux_weight=0.25,
-    ),
-    # Scaled-YOLOv4: WongKinYiu/ScaledYOLOv4@yolov4-csp data/hyp.scratch.yaml; loss utils/loss.py
-    # compute_loss: CIoU, anchors by the wh-ratio rule (anchor_t; its iou_t line is commented out),
-    # label_smoothing 0 (the YOLOv4 paper's BoF value is 0.1); loader without shuffle.
-    "yolov4": dict(
-        _COMMON, lrf=0.2, box=0.05, cls=0.3, cls_pw=1.0, obj=0.7, obj_pw=1.0, iou_t=0.20, anchor_t=4.0,
-        label_smoothing=0.0, iou_loss="ciou", gr=1.0, anchor_match="ratio", neighbor_cells=True,
-        neighbor_rule="fraction", translate=0.1, scale=0.9, mosaic=1.0, mixup=0.0, shuffle=False,
-    ),
-}
+# Every family's presets (yoloforge/families/<name>/hyp.py) by name, and the per-model differences over them.
+HYP_PRESETS: dict[str, dict[str, Any]] = {k: v for fam in FAMILIES for k, v in fam.presets.items()}
+VARIANT_HYP: dict[str, dict[str, Any]] = {k: v for fam in FAMILIES for k, v in fam.variant_hyp.items()}
 
 # Named recipes laid over a family preset (``--hyp small-data``): not the official training, each key a
 # documented deviation. "small-data" is yoloforge's recipe before the official mode: a warm-up of at least
@@ -129,24 +29,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     "small-data": dict(warmup_min_iters=100, warmup_max_fraction=1 / 3, grad_clip=10.0, score_sum="clamp1",
                        shuffle=True, close_mosaic=15, sched_lag=False, warmup_accumulate=False, step_rule="epoch"),
 }
-
-# Per-variant differences inside a family (sources: meituan/YOLOv6@0.2.0 configs/yolov6{n,t,m,l,l_relu}.py).
-VARIANT_HYP: dict[str, dict[str, Any]] = {
-    "yolov6n": dict(lr0=0.02),
-    "yolov6t": dict(lr0=0.01),
-    "yolov6m": dict(scale=0.9, mixup=0.1),
-    "yolov6l": dict(scale=0.9, mixup=0.1, distill_cls=2.0),
-    "yolov6l-relu": dict(scale=0.9, mixup=0.1, distill_cls=2.0),
-    # ScaledYOLOv4@yolov4-large data/hyp.scratch.yaml; its train.py: warm-up momentum 0.9, lr floor 0.2
-    # (cosine * 0.8 + 0.2), mosaic always; its utils/general.py build_targets picks the right / lower
-    # neighbour cell by the inverse-fraction rule (as yolov7)
-    "yolov4-p5": dict(cls=0.5, obj=1.0, translate=0.5, scale=0.5, warmup_momentum=0.9, neighbor_rule="inverse"),
-    "yolov4-p6": dict(cls=0.5, obj=1.0, translate=0.5, scale=0.5, warmup_momentum=0.9, neighbor_rule="inverse"),
-    "yolov4-p7": dict(cls=0.5, obj=1.0, translate=0.5, scale=0.5, warmup_momentum=0.9, neighbor_rule="inverse"),
-    # no PyTorch recipe exists for the darknet-decoded tiny model: darknet's [yolo] iou_thresh rule
-    "yolov4-tiny": dict(anchor_match="iou"),
-}
-
 
 def parse_value(text: str) -> Any:
     """Parse a command-line value the way YAML would (numbers, booleans, lists), with every number form Python
@@ -223,7 +105,7 @@ def _check_hyp(hyp: dict) -> None:
             raise ValueError(f"hyp {key} is a probability in [0, 1], got {v!r}")
 
 
-#: YOLOv6 ``training_mode`` values (meituan/YOLOv6@0.2.0 ``get_block``; the blocks: models/common.py ``conv_block``)
+#: YOLOv6 ``training_mode`` values (meituan/YOLOv6@0.2.0 ``get_block``; the blocks: families/yolov6/blocks.py ``conv_block``)
 TRAINING_MODES = ("repvgg", "hyper_search", "repopt", "conv_silu", "conv_relu")
 
 

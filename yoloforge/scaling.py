@@ -21,7 +21,7 @@ The paper gives only the totals of the CSP-ized layers. The k-terms say that ins
 layers run at width ``b/2`` (Res ``b/2 -> b/4 -> b/4 -> b/2``, ResX and Dark with bottleneck ratio 1);
 the ``3/4`` term is reproduced by :class:`CSPLayer`: an entry 1x1 ``b -> b/2`` (1/2) and a partial
 transition 1x1 ``b/2 -> b/2`` (1/4), the other half of the base layer crossing the stage untouched.
-The CSPDarknet stage of this repository (:class:`~yoloforge.models.yolov4_blocks.BottleneckCSP`, the
+The CSPDarknet stage of this repository (:class:`~yoloforge.families.yolov4.blocks.BottleneckCSP`, the
 ScaledYOLOv4 code's layout) spends ``9/4`` instead: two 1x1 ``b -> b/2``, one 1x1 ``b/2 -> b/2`` and a
 1x1 ``b -> b`` after the concat (:func:`bottleneck_csp_macs`). (Sec. 4.1 quotes a CSPDarknet stage,
 down-sampling conv included, as ``whb^2 (9/4 + 3/4 + 5k/2)``; the per-stage table counts the stride-2
@@ -205,7 +205,7 @@ def _first_tensor(x):
 
 def _estimate(mod, x_shape, y_shape):
     """(description, b, k, paper-formula MACs, closed-form MACs of this code) or None."""
-    from yoloforge.models.yolov4_blocks import BottleneckCSP, BottleneckCSP2, DarknetBottleneck, TinyCSPBlock
+    from yoloforge.families.yolov4.blocks import BottleneckCSP, BottleneckCSP2, DarknetBottleneck, TinyCSPBlock
 
     down, body = None, mod
     if isinstance(mod, nn.Sequential) and len(mod) == 2 and isinstance(getattr(mod[0], "conv", None), nn.Conv2d):
@@ -278,18 +278,18 @@ def stage_table(model: nn.Module, imgsz=640) -> dict:
 
 # ----------------------------------------------------------------------------- 4. sweeps
 def _build_scaled(name: str, width: float = 1.0, depth: float = 1.0, nc: int = 80):
+    """``name`` with its width / depth multiplied, by its family's ``model.scaled_kwargs`` (a family without one
+    has no multipliers)."""
+    from yoloforge.families import family_of
     from yoloforge.models.registry import build_model
 
     if width == 1.0 and depth == 1.0:
         return build_model(name, nc=nc)
-    if name.startswith("yolov6"):
-        from yoloforge.models.yolov6 import VARIANTS
-        spec = VARIANTS[name[len("yolov6"):]]
-        return build_model(name, nc=nc, width=spec.width * width, depth=spec.depth * depth)
-    if name.startswith("yolov4") and depth == 1.0:
-        return build_model(name, nc=nc, width_scale=width)
-    raise ValueError(f"{name}: no {'depth' if depth != 1.0 else 'width'} multiplier option "
-                     "(width: yolov4-csp/p5/p6/p7 and yolov6*; depth: yolov6*)")
+    scaled = getattr(family_of(name).module("model"), "scaled_kwargs", None)
+    if scaled is None:
+        raise ValueError(f"{name}: no {'depth' if depth != 1.0 else 'width'} multiplier option "
+                         "(width: yolov4-csp/p5/p6/p7 and yolov6*; depth: yolov6*)")
+    return build_model(name, nc=nc, **scaled(name, width, depth))
 
 
 def sweep(name: str, sizes=None, widths=None, depths=None, nc: int = 80) -> list[dict]:

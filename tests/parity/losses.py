@@ -40,7 +40,7 @@ def compare(case: str, overrides: dict | None = None) -> dict:
     preset, model = PRESET[case]
     hyp = load_hyp(preset, model, overrides=overrides)
     if f["family"] == "yolov6":
-        from yoloforge.losses.yolov6_loss import YOLOv6Loss
+        from yoloforge.families.yolov6.loss import YOLOv6Loss
 
         loss_fn = YOLOv6Loss(f["nc"], f["strides"], reg_max=f["reg_max"], use_dfl=f["use_dfl"], iou_type=f["iou_type"],
                              warmup_epochs=hyp["atss_warmup_epochs"], hyp=hyp)
@@ -55,13 +55,13 @@ def compare(case: str, overrides: dict | None = None) -> dict:
         raw = [p.clone().requires_grad_(True) for p in f["main"]]
         aux = [p.clone().requires_grad_(True) for p in f.get("aux", [])]
         if f["family"] == "yolov7":
-            from yoloforge.losses.yolov7_loss import YOLOv7Loss
+            from yoloforge.families.yolov7.loss import YOLOv7Loss
 
             loss_fn = YOLOv7Loss(f["nc"], f["anchors"], f["strides"], hyp, aux=bool(aux))
             total, items = loss_fn({"main": raw, "aux": aux or None}, f["targets"])
             # the official components are the gained per-image terms (box, obj, cls)
         else:
-            from yoloforge.losses.yolov4_loss import YOLOv4Loss
+            from yoloforge.families.yolov4.loss import YOLOv4Loss
 
             loss_fn = YOLOv4Loss(f["nc"], f["anchors"], f["strides"], hyp)
             total, items = loss_fn({"main": raw, "aux": None}, f["targets"])

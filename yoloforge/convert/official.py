@@ -38,23 +38,23 @@ def read_checkpoint(path: str | Path, cfg: str | Path | None = None) -> RawCheck
     if path.suffix == ".weights" or (cfg is not None and str(cfg).endswith(".cfg")):
         if cfg is None:
             raise FormatError(f"{path}: a darknet .weights file needs its .cfg (--cfg yolov4-tiny.cfg)")
-        from .darknet import read_darknet
+        from yoloforge.families.yolov4.darknet import read_darknet
 
         return read_darknet(path, cfg)
     return load_pickled(path)
 
 
-def _family(raw: RawCheckpoint) -> str:
-    from . import yolov4_keys, yolov6_keys, yolov7_keys
+def _family(raw: RawCheckpoint):
+    """``(family name, converter module)`` of an official checkpoint: each family's ``convert.matches`` asked in
+    the order of ``FAMILIES``; darknet files are YOLOv4's."""
+    from yoloforge.families import FAMILIES, YOLOV4
 
     if raw.kind == "darknet":
-        return "darknet"
-    if yolov6_keys.is_yolov6(raw):
-        return "yolov6"
-    if yolov4_keys.is_yolov4_large(raw):
-        return "yolov4"
-    if yolov7_keys.is_yolov7(raw):
-        return "yolov7"
+        return "darknet", YOLOV4.module("darknet")
+    for fam in FAMILIES:
+        conv = fam.module("convert")
+        if conv.matches(raw):
+            return fam.name, conv
     root = raw.classes.get("", "state dict")
     sample = ", ".join(list(raw.state)[:3])
     raise FormatError(f"{raw.path}: unknown architecture ({root}; keys {sample} ...); supported: yolov7, "
@@ -76,15 +76,7 @@ def _names(raw: RawCheckpoint, nc: int) -> tuple[list[str], str]:
 def load_official(path: str | Path, cfg: str | Path | None = None, variant: str | None = None):
     """Official checkpoint -> ``(model, meta)``: an unfused yoloforge model in eval mode (float32)."""
     raw = read_checkpoint(path, cfg)
-    family = _family(raw)
-    if family == "yolov7":
-        from . import yolov7_keys as fam
-    elif family == "yolov6":
-        from . import yolov6_keys as fam
-    elif family == "yolov4":
-        from . import yolov4_keys as fam
-    else:
-        from . import darknet as fam
+    family, fam = _family(raw)
     info = fam.describe(raw)
     model, variant = fam.build(raw, info, variant)
     model = model.float().eval()

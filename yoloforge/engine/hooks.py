@@ -62,7 +62,7 @@ class CmBNHook(TrainHook):
     name = "cmbn"
 
     def prepare(self, tr) -> None:
-        from yoloforge.models.bof import convert_cmbn
+        from yoloforge.families.yolov4.bof import convert_cmbn
 
         if tr.world > 1 and tr.cfg.sync_bn:
             LOG.warning("hyp cmbn ignored with --sync-bn (SyncBatchNorm replaces CmBN layers)")
@@ -70,7 +70,7 @@ class CmBNHook(TrainHook):
             convert_cmbn(tr.model, tr.accumulate)
 
     def after_step(self, tr) -> None:
-        from yoloforge.models.bof import reset_cmbn
+        from yoloforge.families.yolov4.bof import reset_cmbn
 
         reset_cmbn(tr.model)
 
@@ -82,7 +82,7 @@ class FreebiesHook(TrainHook):
     name = "freebies"
 
     def batch(self, tr, imgs, targets, epoch, i):
-        from yoloforge.engine.bof import multiscale_resize, sat_eps, sat_perturb
+        from yoloforge.families.yolov4.freebies import multiscale_resize, sat_eps, sat_perturb
 
         rng = np.random.default_rng([tr.cfg.seed, epoch, i])
         if tr.hyp.get("multi_scale"):
@@ -103,12 +103,12 @@ class RepOptHook(TrainHook):
 
     @property
     def optimizer_cls(self):
-        from yoloforge.engine.repopt import RepOptimizer
+        from yoloforge.families.yolov6.repopt import RepOptimizer
 
         return RepOptimizer
 
     def attach(self, tr, resume_state):
-        from yoloforge.engine import repopt
+        from yoloforge.families.yolov6 import repopt
 
         cfg = tr.cfg
         scales = repopt.RepOptimizer.scales_in(resume_state["optimizer"]) if resume_state else None
@@ -151,7 +151,7 @@ class TeacherHook(TrainHook):
         raise NotImplementedError
 
     def wrap_loss(self, tr, loss_fn):
-        from yoloforge.losses.yolov6_distill import prepare_teacher
+        from yoloforge.families.yolov6.distill import prepare_teacher
 
         teacher = self.load_teacher(tr)
         self.teacher = prepare_teacher(teacher.to(tr.device), str(tr.hyp.get("distill_teacher_bn", "batch")))
@@ -167,7 +167,7 @@ class DistillHook(TeacherHook):
     channel-wise term of the neck maps with ``distill_feat``), weights decaying by a cosine over the run."""
 
     def load_teacher(self, tr):
-        from yoloforge.losses.yolov6_distill import check_teacher
+        from yoloforge.families.yolov6.distill import check_teacher
 
         teacher = super().load_teacher(tr)
         try:
@@ -177,7 +177,7 @@ class DistillHook(TeacherHook):
         return teacher
 
     def distill_loss(self, tr, loss_fn, teacher):
-        from yoloforge.losses.yolov6_distill import YOLOv6DistillLoss
+        from yoloforge.families.yolov6.distill import YOLOv6DistillLoss
 
         cfg = tr.cfg
         if tr.main:
@@ -191,7 +191,7 @@ class DistillHook(TeacherHook):
 def training_hooks(tr, given=()) -> list[TrainHook]:
     """The hooks of this run (``tr`` after its model and hyp exist), the ``given`` ones replacing defaults of the
     same name."""
-    from yoloforge.engine import repopt
+    from yoloforge.families.yolov6 import repopt
 
     hooks: list[TrainHook] = []
     if tr.hyp.get("cmbn"):

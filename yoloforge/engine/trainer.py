@@ -352,7 +352,9 @@ class Trainer:
         else:
             kw = dict(cfg.model_kw)
             if cfg.training_mode:
-                if not cfg.model.lower().startswith("yolov6"):
+                from yoloforge.families import family_of
+
+                if not family_of(cfg.model).training_modes:
                     raise TrainingError(f"--training-mode is a YOLOv6 option; {cfg.model} has no RepVGG blocks")
                 kw["training_mode"] = cfg.training_mode
             model = build_model(cfg.model, nc=nc, **kw)

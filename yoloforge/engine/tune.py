@@ -30,7 +30,7 @@ from yoloforge.utils.logging import get_logger
 
 LOG = get_logger()
 
-# name: (low, high, log). Bounds bracket the official values of every preset (config.py) by a wide margin.
+# name: (low, high, log). Bounds bracket the official values of every preset (families/<name>/hyp.py) by a wide margin.
 COMMON_SPACE = {
     "lr0": (1e-3, 5e-2, True), "lrf": (0.01, 0.5, True), "momentum": (0.8, 0.98, False),
     "weight_decay": (1e-5, 1e-3, True), "warmup_epochs": (0.0, 5.0, False), "warmup_momentum": (0.5, 0.95, False),

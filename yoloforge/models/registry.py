@@ -8,17 +8,19 @@ A family module registers one builder per variant::
     def yolov7_tiny(nc=80, **kw): ...
 
 ``build_model`` / ``list_models`` import the family modules listed in :data:`FAMILY_MODULES` on
-first use, so adding a family is one line here (or one ``register`` call from anywhere).
+first use: a family folder listed in ``yoloforge.families.FAMILIES`` (or one ``register`` call from anywhere).
 """
 from __future__ import annotations
 
 import importlib
 from typing import Callable
 
+from yoloforge.families import FAMILIES
+
 _REGISTRY: dict[str, Callable] = {}
 
-#: Modules that register builders when imported. A module that does not exist (yet) is skipped.
-FAMILY_MODULES = ("yoloforge.models.yolov6", "yoloforge.models.yolov7", "yoloforge.models.yolov4")
+#: Modules that register builders when imported: every family's ``model`` (yoloforge/families/<name>/model.py).
+FAMILY_MODULES = tuple(f"{fam.package}.model" for fam in FAMILIES)
 _loaded = False
 
 

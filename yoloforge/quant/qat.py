@@ -82,7 +82,7 @@ class ChannelWiseLoss:
         self.names = tuple(getattr(base, "names", ())) + ("cwd",)
 
     def __call__(self, outputs, targets, epoch: int, teacher_outputs):
-        from yoloforge.losses.yolov6_distill import channel_wise, distill_decay
+        from yoloforge.families.yolov6.distill import channel_wise, distill_decay
 
         loss, items = self.base(outputs, targets, epoch)
         cwd = self.cwd_weight * distill_decay(epoch, self.epochs) * channel_wise(self.s_tap.maps, self.t_tap.maps)
@@ -266,6 +266,7 @@ def qat(weights: str | Path, data: str | Path, out_dir: str | Path, epochs: int 
     ``reduce_range`` None: 7-bit weights where this CPU needs them (:func:`reduce_range_default`)."""
     from yoloforge.config import TrainConfig
     from yoloforge.export.runtime import max_stride
+    from yoloforge.families import family_of
     from yoloforge.quant.ptq import _torch_weights, calibration_batches
     from yoloforge.weights import load_model
 
@@ -281,6 +282,7 @@ def qat(weights: str | Path, data: str | Path, out_dir: str | Path, epochs: int 
     if reduce_range is None:
         reduce_range = reduce_range_default(device)
     model = prepare(copy.deepcopy(src).cpu(), exclude, reduce_range)
+    family = family_of(model.name)
     batches = calibration_batches(data, imgsz, n_calib, stride=max_stride(model), verbose=verbose)
     groups = calibrate(model, batches)
     if verbose:
@@ -292,14 +294,13 @@ def qat(weights: str | Path, data: str | Path, out_dir: str | Path, epochs: int 
         scales = _run_scales(weights)
     cfg = TrainConfig(model=model.name, data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, nbs=batch,
                       workers=workers, project=str(out_dir), name="qat_train", exist_ok=True, seed=seed, device=device,
-                      hyp_override=dict(QAT_HYP, **({"atss_warmup_epochs": 0} if model.family == "yolov6" else {}),
-                                        **(hyp_override or {})), plots=False, verbose=verbose,
+                      hyp_override=dict(QAT_HYP, **family.qat_hyp, **(hyp_override or {})), plots=False, verbose=verbose,
                       tensorboard=False, scales=scales, teacher=str(weights) if distill == "cwd" else "",
                       amp="off",  # fp32: the fake-quant grid and the convs must simulate the int8 graph, not bf16
                       distill=distill == "cwd", distill_feat=distill == "cwd")
     from yoloforge.engine.trainer import Trainer
 
-    cwd = distill == "cwd" and model.family != "yolov6"  # YOLOv6: the trainer's own distillation (CWD included)
+    cwd = distill == "cwd" and not family.distill_loss  # YOLOv6: the trainer's own distillation (CWD included)
     trainer = Trainer(cfg, model=model, hooks=[ChannelWiseHook()] if cwd else [])
     best = trainer.train()
     qmodel = load_model(best)[0]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import ConvBNAct, RepVGGBlock
+from yoloforge.models.common import ConvBNAct, RepVGGBlock
 
 __all__ = ["ReOrg", "RepConvN", "ELAN", "MPDown", "DownC", "SPPCSPC", "make_down"]
 

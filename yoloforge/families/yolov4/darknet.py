@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .safe_unpickle import FormatError, RawCheckpoint
-from .units import ConvertError, conv_unit, transfer
+from yoloforge.convert.safe_unpickle import FormatError, RawCheckpoint
+from yoloforge.convert.units import ConvertError, conv_unit, transfer
 
 NO_PARAMS = {"route", "maxpool", "upsample", "yolo", "shortcut", "net", "network", "dropout", "avgpool",
              "reorg", "sam", "scale_channels", "softmax", "cost"}
@@ -169,9 +169,9 @@ def describe(raw) -> dict:
 
 
 def build(raw, info: dict, variant: str | None = None):
-    from yoloforge.models.yolov4 import YOLOv4
+    from yoloforge.families.yolov4.model import YOLOv4
 
-    from .yolov4_keys import csp_darknet_slots, tiny_slots
+    from yoloforge.families.yolov4.convert import csp_darknet_slots, tiny_slots
 
     v = info["variant"]
     if v == "tiny":

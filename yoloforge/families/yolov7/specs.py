@@ -29,7 +29,7 @@ __all__ = ["ELANSpec", "Stage", "TopDown", "YOLOv7Spec", "compound_scale", "expa
 
 @dataclass(frozen=True)
 class ELANSpec:
-    """One computational block (+ transition): see :class:`~yoloforge.models.yolov7_blocks.ELAN`."""
+    """One computational block (+ transition): see :class:`~yoloforge.families.yolov7.blocks.ELAN`."""
 
     hidden: int  # width of the two 1x1 entry convs
     inner: int  # width of each stacked 3x3 conv

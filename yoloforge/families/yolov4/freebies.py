@@ -48,26 +48,26 @@ BOF_SWITCHES: dict[str, Switch] = {
     "cutmix": Switch("cutmix", 0.0, "probability of pasting a rectangle (10-50% of the area) of a second sample; "
                      "boxes are cut/filtered to the visible parts", "yoloforge.data.augment.cutmix"),
     "label_smoothing": Switch("label_smoothing", 0.0, "class BCE targets 1 - eps/2 and eps/2 (paper BoF value 0.1)",
-                              "yoloforge.losses.yolov4_loss.smooth_bce_targets"),
+                              "yoloforge.families.yolov4.loss.smooth_bce_targets"),
     "iou_loss": Switch("iou_loss", "ciou", "box regression loss 1 - {ciou, diou, giou, iou}",
                        "yoloforge.losses.iou.bbox_iou"),
     "grid_sensitivity": Switch("neighbor_cells", True, "with the 2 sigmoid - 0.5 decode, also assign the two "
                                "neighbouring cells nearest to the centre",
-                               "yoloforge.losses.yolov4_loss.build_targets"),
+                               "yoloforge.families.yolov4.loss.build_targets"),
     "multi_anchor": Switch("iou_t", 0.2, "every anchor with shape IoU > iou_t is positive (anchor_match='iou')",
-                           "yoloforge.losses.yolov4_loss.build_targets"),
+                           "yoloforge.families.yolov4.loss.build_targets"),
     "cosine_lr": Switch("cos_lr", True, "cosine annealing of the lr from lr0 to lr0 * lrf",
                         "yoloforge.engine.optim.lr_lambda"),
     "random_shapes": Switch("multi_scale", False, "one random input size per batch, multiple of the max stride, "
-                            "0.5-1.5 x imgsz", "yoloforge.engine.bof.multiscale_resize"),
+                            "0.5-1.5 x imgsz", "yoloforge.families.yolov4.freebies.multiscale_resize"),
     "sat": Switch("sat_eps", 0.0, "self-adversarial training: eps (of [0, 1] pixels) of the signed-gradient image "
-                  "step, ramped by sat_eps(); 0 disables", "yoloforge.engine.bof.sat_perturb"),
+                  "step, ramped by sat_eps(); 0 disables", "yoloforge.families.yolov4.freebies.sat_perturb"),
     "cmbn": Switch("cmbn", False, "cross mini-batch BN pooled over the gradient-accumulation window",
-                   "yoloforge.models.bof.convert_cmbn"),
+                   "yoloforge.families.yolov4.bof.convert_cmbn"),
     "dropblock": Switch(None, 0.0, "YOLOv4(dropblock=p): DropBlock 7x7 after every CSP block of the neck",
-                        "yoloforge.models.bof.DropBlock2d"),
+                        "yoloforge.families.yolov4.bof.DropBlock2d"),
     "sam": Switch(None, False, "YOLOv4(sam=True): point-wise SAM on every level before the head",
-                  "yoloforge.models.bof.SpatialAttention"),
+                  "yoloforge.families.yolov4.bof.SpatialAttention"),
     "diou_nms": Switch(None, "iou", "non_max_suppression(kind='diou'): suppress by IoU - d^2/c^2",
                        "yoloforge.utils.nms.non_max_suppression"),
 }
@@ -75,7 +75,7 @@ BOF_SWITCHES: dict[str, Switch] = {
 
 def _set_stochastic_eval(model: nn.Module) -> list[tuple[nn.Module, bool]]:
     """Put BN and dropout-like layers in eval mode; return their previous modes."""
-    from yoloforge.models.bof import DropBlock2d
+    from yoloforge.families.yolov4.bof import DropBlock2d
 
     kinds = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, DropBlock2d)
     saved = [(m, m.training) for m in model.modules() if isinstance(m, kinds)]

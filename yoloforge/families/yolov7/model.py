@@ -17,7 +17,7 @@ object detectors", CVPR 2023, arXiv:2207.02696. The network reads top-down like 
   (lead-head-guided coarse labels) and **deleted** by ``fuse()`` (it costs nothing at inference).
 
 Structure, widths and anchors: WongKinYiu/yolov7 @ a207844 ``cfg/training/*.yaml`` (facts only);
-variant specs and compound scaling live in :mod:`yoloforge.models.yolov7_specs`. Parameter counts
+variant specs and compound scaling live in :mod:`yoloforge.families.yolov7.specs`. Parameter counts
 equal the official ones exactly (training cfgs unfused with aux, deploy cfgs fused). Known layout
 differences that change no count: concatenation order inside ELAN blocks (so official checkpoints
 need a channel permutation to load), and in E6E the aux head reads the merged E-ELAN outputs where
@@ -28,12 +28,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .anchor_head import AnchorHead
-from .base import DetectionModel
-from .common import ConvBNAct
-from .registry import register
-from .yolov7_blocks import ELAN, SPPCSPC, ReOrg, RepConvN, make_down
-from .yolov7_specs import SPECS, ELANSpec, YOLOv7Spec
+from yoloforge.models.anchor_head import AnchorHead
+from yoloforge.models.base import DetectionModel
+from yoloforge.models.common import ConvBNAct
+from yoloforge.models.registry import register
+from yoloforge.families.yolov7.blocks import ELAN, SPPCSPC, ReOrg, RepConvN, make_down
+from yoloforge.families.yolov7.specs import SPECS, ELANSpec, YOLOv7Spec
 
 __all__ = ["YOLOv7", "YOLOv7Backbone", "YOLOv7Neck", "elan_from_spec"]
 
@@ -130,7 +130,7 @@ class YOLOv7(DetectionModel):
     * ``fuse()``: BN folded, RepConvN -> one 3x3, implicit layers folded into the head convs, and the
       auxiliary head deleted (``aux_head`` becomes ``None``).
 
-    Attributes: ``spec`` (:class:`~yoloforge.models.yolov7_specs.YOLOv7Spec`), ``backbone``,
+    Attributes: ``spec`` (:class:`~yoloforge.families.yolov7.specs.YOLOv7Spec`), ``backbone``,
     ``neck``, ``head_convs`` + ``head`` (lead :class:`AnchorHead`, ``implicit=True``), ``aux_convs`` +
     ``aux_head`` (:class:`AnchorHead` or ``None``), ``anchors`` ((nl, na, 2) pixels).
     """
@@ -192,7 +192,7 @@ class YOLOv7(DetectionModel):
         return super().fuse()
 
     def build_loss(self, hyp: dict):
-        from yoloforge.losses.yolov7_loss import YOLOv7Loss
+        from yoloforge.families.yolov7.loss import YOLOv7Loss
 
         return YOLOv7Loss(nc=self.nc, anchors=self.head.anchors, strides=self.stride.tolist(), hyp=hyp,
                           aux=self.aux_head is not None)

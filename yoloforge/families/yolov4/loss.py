@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from yoloforge.assign.anchor_match import NEIGHBOUR_OFFSETS, neighbour_cells
 from yoloforge.models.box_coder import ANCHOR_DECODES, anchor_offsets
 
-from .iou import bbox_iou
+from yoloforge.losses.iou import bbox_iou
 
 __all__ = ["YOLOv4Loss", "build_targets", "anchor_shape_iou", "smooth_bce_targets"]
 

@@ -1,4 +1,4 @@
-"""meituan/YOLOv6 release 2.0 checkpoints (tags 0.1.0-0.2.x; N/T/S/M/L) -> :class:`~yoloforge.models.yolov6.YOLOv6`.
+"""meituan/YOLOv6 release 2.0 checkpoints (tags 0.1.0-0.2.x; N/T/S/M/L) -> :class:`~yoloforge.families.yolov6.model.YOLOv6`.
 
 The official ``Model`` has ``backbone`` (EfficientRep / CSPBepBackbone: ``stem``, ``ERBlock_2..5``),
 ``neck`` (``Rep_p4, Rep_p3, Rep_n3, Rep_n4, reduce_layer0, upsample0, reduce_layer1, upsample1,
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .units import ConvertError, official_units, slots_of, transfer
+from yoloforge.convert.units import ConvertError, official_units, slots_of, transfer
 
 V3_MARKERS = ("Bifusion", "cls_preds_ab", "reg_preds_ab", "reg_preds_dist", "cls_preds_dist", "ERBlock_6",
               "stems.3", "lite", "sppf.", "cspsppf", "Lite_EffiBlock")
@@ -24,7 +24,8 @@ CANDIDATES = (("n", {}), ("s", {}), ("t", {}), ("t", dict(depth=0.33, width=0.37
               ("l-relu", {}))
 
 
-def is_yolov6(raw) -> bool:
+def matches(raw) -> bool:
+    """A meituan/YOLOv6 release 2.0 checkpoint."""
     if raw.classes.get("", "").startswith("yolov6."):
         return True
     return any(k.startswith("backbone.") for k in raw.state) and any(k.startswith("detect.") for k in raw.state)
@@ -59,7 +60,7 @@ def model_slots(model) -> list:
 
 
 def build(raw, info: dict, variant: str | None = None):
-    from yoloforge.models.yolov6 import YOLOv6
+    from yoloforge.families.yolov6.model import YOLOv6
 
     units = official_units(raw.state, raw.classes, raw.attrs, skip=lambda mod: mod == "detect" or mod.startswith(
         "detect.proj"))

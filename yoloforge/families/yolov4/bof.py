@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import ConvBNAct
+from yoloforge.models.common import ConvBNAct
 
 __all__ = ["DropBlock2d", "SpatialAttention", "CmBN2d", "dropblock_gamma", "set_dropblock", "strip_dropblock",
            "convert_cmbn", "reset_cmbn"]

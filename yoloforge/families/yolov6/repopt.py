@@ -4,10 +4,10 @@ Ding et al., "Re-parameterizing Your Optimizers rather than Architectures" (ICLR
 meituan/YOLOv6@0.2.0 (configs/repopt/yolov6s_hs.py, yolov6s_opt.py; yolov6/utils/RepOptimizer.py):
 
 1. **hyper-search**: train the model with ``training_mode="hyper_search"``: every 3x3 block is
-   :class:`~yoloforge.models.common.HyperSearchBlock` (scaled 3x3 + scaled 1x1 [+ scaled identity], one BN).
+   :class:`~yoloforge.families.yolov6.blocks.HyperSearchBlock` (scaled 3x3 + scaled 1x1 [+ scaled identity], one BN).
    It trains like any model; its learned per-channel scales are the "hyper-parameters" of stage 2.
 2. **repopt**: train the model with ``training_mode="repopt"`` (every block a plain conv-BN-ReLU,
-   :class:`~yoloforge.models.common.RealVGGBlock`) with :class:`RepOptimizer`: SGD whose gradient of each 3x3
+   :class:`~yoloforge.families.yolov6.blocks.RealVGGBlock`) with :class:`RepOptimizer`: SGD whose gradient of each 3x3
    kernel is multiplied by a constant mask built from the scales -- ``s3^2`` everywhere, ``+ s1^2`` at the
    kernel centre, ``+ 1`` at the centre of the diagonal ``[i, i]`` where the block has an identity branch.
    The weight decay is added after the mask (unmasked), then momentum, as the official ``step``. From scratch
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from yoloforge.models.common import HyperSearchBlock, RealVGGBlock, add_centre_diagonal_
+from yoloforge.families.yolov6.blocks import HyperSearchBlock, RealVGGBlock, add_centre_diagonal_
 
 Scales = dict[str, tuple[torch.Tensor, ...]]
 

@@ -1,4 +1,4 @@
-"""Scaled-YOLOv4 checkpoints -> :class:`~yoloforge.models.yolov4.YOLOv4`.
+"""Scaled-YOLOv4 checkpoints -> :class:`~yoloforge.families.yolov4.model.YOLOv4`.
 
 * ``yolov4-large`` branch ``.pt`` (P5/P6/P7, and its ``yolov4-csp.yaml``): a yaml graph ``model.<i>``
   of ``Conv``, ``BottleneckCSP`` (cv1, cv2, cv3, cv4, bn, m), ``BottleneckCSP2`` (cv1, cv2, cv3, bn, m),
@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from .units import ConvertError, detect_anchors, official_units, slots_of, transfer
+from yoloforge.convert.units import ConvertError, detect_anchors, official_units, slots_of, transfer
 
 LARGE_CLASSES = ("BottleneckCSP", "BottleneckCSP2", "SPPCSP", "MishCuda")
 
 
-def is_yolov4_large(raw) -> bool:
+def matches(raw) -> bool:
+    """A ScaledYOLOv4 yolov4-large checkpoint (P5 / P6 / P7)."""
     if raw.classes:
         return any(c.rsplit(".", 1)[-1] in LARGE_CLASSES for c in raw.classes.values())
     return any(".cv4.conv.weight" in k for k in raw.state) and any(k.startswith("model.") for k in raw.state)
@@ -37,7 +38,7 @@ def _sppcsp(s, name):  # SPPCSP: official cv1, cv2, cv3, cv4, cv5, cv6, bn, cv7
 
 
 def large_slots(model) -> list:
-    from yoloforge.models.yolov4_blocks import BottleneckCSP
+    from yoloforge.families.yolov4.blocks import BottleneckCSP
 
     bb, nk = model.backbone, model.neck
     slots = slots_of(bb.stem, "backbone.stem")
@@ -76,7 +77,7 @@ def csp_darknet_slots(model) -> list:
         return (slots_of(b.cv1, f"{name}.cv1") + slots_of(b.cv2, f"{name}.cv2") + slots_of(b.m, f"{name}.m")
                 + slots_of(b.cv3, f"{name}.cv3"))
 
-    from yoloforge.models.yolov4_blocks import BottleneckCSP
+    from yoloforge.families.yolov4.blocks import BottleneckCSP
 
     slots = slots_of(bb.stem, "backbone.stem")
     for i, (down, body) in enumerate(bb.stages):
@@ -131,7 +132,7 @@ def describe(raw) -> dict:
 
 
 def build(raw, info: dict, variant: str | None = None):
-    from yoloforge.models.yolov4 import YOLOv4
+    from yoloforge.families.yolov4.model import YOLOv4
 
     units = official_units(raw.state, raw.classes, raw.attrs, skip=lambda mod: mod == info["head"])
     nl = info["anchors"].shape[0]

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from yoloforge.losses.yolov6_loss import YOLOv6Loss
+from yoloforge.families.yolov6.loss import YOLOv6Loss
 from yoloforge.utils.dist import world_size
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import ConvBNAct, _bn, fuse_conv_bn, make_act
+from yoloforge.models.common import ConvBNAct, _bn, fuse_conv_bn, make_act
 
 __all__ = [
     "ChannelAffine", "DarknetBottleneck", "BottleneckCSP", "BottleneckCSP2", "SPPCSP", "TinyCSPBlock",

@@ -40,12 +40,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .anchor_head import AnchorHead
-from .base import DetectionModel
-from .bof import DropBlock2d, SpatialAttention, strip_dropblock
-from .common import ConvBNAct
-from .registry import register
-from .yolov4_blocks import BottleneckCSP, BottleneckCSP2, DarknetBottleneck, SPPCSP, TinyCSPBlock
+from yoloforge.models.anchor_head import AnchorHead
+from yoloforge.models.base import DetectionModel
+from yoloforge.families.yolov4.bof import DropBlock2d, SpatialAttention, strip_dropblock
+from yoloforge.models.common import ConvBNAct
+from yoloforge.models.registry import register
+from yoloforge.families.yolov4.blocks import BottleneckCSP, BottleneckCSP2, DarknetBottleneck, SPPCSP, TinyCSPBlock
 
 __all__ = ["YOLOv4", "YOLOv4Spec", "VARIANTS", "CSPDarknet", "CSPPAN", "TinyBackbone", "TinyNeck"]
 
@@ -84,6 +84,14 @@ VARIANTS: dict[str, YOLOv4Spec] = {
     "p6": YOLOv4Spec((1, 3, 15, 15, 7, 7), False, 3, 1.0, ANCHORS_P6, 1280),
     "p7": YOLOv4Spec((1, 3, 15, 15, 7, 7, 7), False, 3, 1.25, ANCHORS_P7, 1536),
 }
+
+
+def scaled_kwargs(name: str, width: float, depth: float) -> dict:
+    """``build_model`` keywords of ``name`` with its width multiplied (``yoloforge scale`` sweeps); the CSP models
+    have no depth multiplier (their stage depths are the paper's table) and yolov4-tiny neither."""
+    if depth != 1.0:
+        raise ValueError(f"{name}: no depth multiplier option (depth: yolov6*)")
+    return dict(width_scale=width)
 
 
 def scale_width(c: int, width: float) -> int:
@@ -278,7 +286,7 @@ class YOLOv4(DetectionModel):
         return super().fuse()
 
     def build_loss(self, hyp: dict | None = None):
-        from yoloforge.losses.yolov4_loss import YOLOv4Loss
+        from yoloforge.families.yolov4.loss import YOLOv4Loss
 
         return YOLOv4Loss(self.nc, self.head.anchors, self.stride.tolist(), hyp or {},
                           decode=self.head.decode_kind, scale_xy=self.head.scale_xy)

@@ -20,7 +20,7 @@ variant is the paper's T (depth 0.25 / width 0.50, see ../shared/FACTS.md), not 
 ``yolov6t.py``. YOLOv6-L trains with ``training_mode = "conv_silu"`` (plain conv+BN+SiLU blocks,
 SiLU CSP convs, SPPF instead of SimSPPF); ``yolov6l-relu`` is the RepVGG/ReLU version. Any variant takes
 ``training_mode="hyper_search"`` or ``"repopt"`` (the two RepOptimizer stages, see
-:mod:`yoloforge.engine.repopt`); all modes fuse to the same deploy graph.
+:mod:`yoloforge.families.yolov6.repopt`); all modes fuse to the same deploy graph.
 """
 from __future__ import annotations
 
@@ -30,10 +30,11 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .base import DetectionModel
-from .common import BepC3, ConvBNAct, RepBlock, SimConv, SimSPPF, SPPF, Transpose, conv_block
-from .box_coder import dfl_expectation, distances_to_boxes, make_anchor_points
-from .registry import register
+from yoloforge.models.base import DetectionModel
+from yoloforge.families.yolov6.blocks import BepC3, RepBlock, SimConv, SimSPPF, SPPF, Transpose, conv_block
+from yoloforge.models.common import ConvBNAct
+from yoloforge.models.box_coder import dfl_expectation, distances_to_boxes, make_anchor_points
+from yoloforge.models.registry import register
 
 BACKBONE_REPEATS = (1, 6, 12, 18, 6)
 BACKBONE_CHANNELS = (64, 128, 256, 512, 1024)
@@ -63,6 +64,12 @@ VARIANTS: dict[str, YOLOv6Spec] = {
     "l": YOLOv6Spec(1.0, 1.0, csp=True, csp_e=1 / 2, training_mode="conv_silu", reg_max=16, iou_type="giou"),
     "l-relu": YOLOv6Spec(1.0, 1.0, csp=True, csp_e=1 / 2, training_mode="repvgg", reg_max=16, iou_type="giou"),
 }
+
+
+def scaled_kwargs(name: str, width: float, depth: float) -> dict:
+    """``build_model`` keywords of ``name`` with its width and depth multiplied (``yoloforge scale`` sweeps)."""
+    spec = VARIANTS[name[len("yolov6"):]]
+    return dict(width=spec.width * width, depth=spec.depth * depth)
 
 
 def scale_repeats(n: int, depth: float) -> int:
@@ -248,7 +255,7 @@ class YOLOv6(DetectionModel):
         return self.decode(feats, cls_logits, reg)
 
     def build_loss(self, hyp: dict | None = None):
-        from yoloforge.losses.yolov6_loss import YOLOv6Loss
+        from yoloforge.families.yolov6.loss import YOLOv6Loss
 
         hyp = hyp or {}
         return YOLOv6Loss(

@@ -1,4 +1,4 @@
-"""WongKinYiu/yolov7 checkpoints -> :class:`yoloforge.models.yolov7.YOLOv7`.
+"""WongKinYiu/yolov7 checkpoints -> :class:`yoloforge.families.yolov7.model.YOLOv7`.
 
 Official models are a yaml graph ``model.<i>``; its layers are listed here as our modules in the
 official order (units, see :mod:`.units`). Differences handled:
@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import torch
 
-from .units import ConvertError, detect_anchors, official_units, slots_of, transfer
+from yoloforge.convert.units import ConvertError, detect_anchors, official_units, slots_of, transfer
 
 HEADS = ("IDetect", "IAuxDetect", "Detect", "IKeypoint", "IBin")
 # try order: cheap first; the first variant whose every shape fits wins
 VARIANT_ORDER = ("yolov7-tiny", "yolov7-tiny-silu", "yolov7", "yolov7x", "yolov7-w6", "yolov7-e6", "yolov7-d6", "yolov7-e6e")
 
 
-def is_yolov7(raw) -> bool:
+def matches(raw) -> bool:
+    """A WongKinYiu/yolov7 checkpoint (training or deploy form)."""
     if raw.classes:
         return raw.classes.get("", "").endswith("yolo.Model") and not any(
             c.rsplit(".", 1)[-1] in ("BottleneckCSP", "BottleneckCSP2", "SPPCSP", "MishCuda", "Mish")
@@ -53,7 +54,7 @@ def _elan_slots(e, name: str) -> list:
 
 
 def _down_slots(d, name: str) -> list:
-    from yoloforge.models.yolov7_blocks import MPDown
+    from yoloforge.families.yolov7.blocks import MPDown
 
     if isinstance(d, MPDown):
         return [("cbn", d.cv_pool, f"{name}.cv_pool", {}), ("cbn", d.cv_reduce, f"{name}.cv_reduce", {}),
@@ -124,7 +125,7 @@ ACTS = {"SiLU": "silu", "LeakyReLU": "lrelu", "ReLU": "relu", "Hardswish": "hard
 
 def build(raw, info: dict, variant: str | None = None):
     """Find the variant whose every layer shape fits, build it and copy the weights."""
-    from yoloforge.models.yolov7 import YOLOv7
+    from yoloforge.families.yolov7.model import YOLOv7
 
     units = _units(raw, info["head"])
     hint = str(raw.attrs.get("", {}).get("yaml_file", "")).rsplit("/", 1)[-1].replace(".yaml", "")
