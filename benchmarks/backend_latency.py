@@ -21,7 +21,7 @@ from _common import table
 
 from yoloforge.export.onnx import deploy_copy, export_onnx
 from yoloforge.export.runtime import OpenVINOBackend, OrtBackend, physical_cores
-from yoloforge.models.registry import build_model
+from yoloforge.families.registry import build_model
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from yoloforge.config import load_hyp
 from yoloforge.data.dataset import DetectionDataset
 from yoloforge.data.formats import load_data_yaml
 from yoloforge.data.loader import build_dataloader
-from yoloforge.models.registry import build_model
+from yoloforge.families.registry import build_model
 
 
 def loader_ips(ds, batch: int, workers: int, batches: int) -> float:

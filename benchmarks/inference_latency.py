@@ -10,7 +10,7 @@ import copy
 import torch
 from _common import median_ms, table, timeit
 
-from yoloforge.models.registry import build_model
+from yoloforge.families.registry import build_model
 
 
 def main() -> None:

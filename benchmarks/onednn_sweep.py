@@ -28,7 +28,7 @@ import torch
 from _common import table
 
 from yoloforge.models.base import onednn_risky
-from yoloforge.models.registry import build_model
+from yoloforge.families.registry import build_model
 
 CHILD = r"""
 import json, sys, torch

@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--out", default="", help="folder for recipe_compare.csv")
     a = ap.parse_args()
-    from yoloforge.models.registry import build_model
+    from yoloforge.families.registry import build_model
 
     preset = build_model(a.model, nc=1).default_hyp
     data = shapes_data(n_train=200, n_val=50, imgsz=a.imgsz) if a.data == "shapes" else Path(a.data)

@@ -23,7 +23,7 @@ from yoloforge.data.formats import load_data_yaml
 from yoloforge.data.loader import build_dataloader
 from yoloforge.engine.optim import build_optimizer
 from yoloforge.families.yolov6.repopt import RepOptimizer, extract_scales
-from yoloforge.models.registry import build_model
+from yoloforge.families.registry import build_model
 
 MODES = ("repvgg", "hyper_search", "repopt")
 

@@ -36,7 +36,7 @@ from yoloforge.data.formats import load_data_yaml
 from yoloforge.data.loader import build_dataloader
 from yoloforge.engine.optim import build_optimizer
 from yoloforge.engine.trainer import compile_for_training, to_float
-from yoloforge.models.registry import build_model
+from yoloforge.families.registry import build_model
 from yoloforge.utils.cpu import BF16_FLAGS, cpu_flags
 
 

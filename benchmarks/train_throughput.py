@@ -16,7 +16,7 @@ from yoloforge.data.dataset import DetectionDataset
 from yoloforge.data.formats import load_data_yaml
 from yoloforge.data.loader import build_dataloader
 from yoloforge.engine.optim import build_optimizer
-from yoloforge.models.registry import build_model
+from yoloforge.families.registry import build_model
 
 
 def measure(name: str, imgsz: int, batch: int, steps: int, workers: int, data) -> tuple[float, float, float]:

@@ -136,7 +136,7 @@ def prepare_data(work: Path) -> tuple[Path, Path]:
 def ours_weights(work: Path, name: str = "yolov6n", training_mode: str = "") -> Path:
     """Untrained weights of ``name`` (80 classes); ``training_mode`` e.g. hyper_search: what ``--scales`` of a
     repopt run reads."""
-    from yoloforge.models.registry import build_model
+    from yoloforge.families.registry import build_model
     from yoloforge.utils.checkpoint import save_weights
 
     m = build_model(name, **({"training_mode": training_mode} if training_mode else {}))
@@ -148,7 +148,7 @@ def ours_weights(work: Path, name: str = "yolov6n", training_mode: str = "") -> 
 # ----------------------------------------------------------------------------------------------- parts
 def part_a(ul, rows, info, n, threads):
     from yoloforge.export.onnx import deploy_copy
-    from yoloforge.models.registry import build_model
+    from yoloforge.families.registry import build_model
 
     fused = deploy_copy(build_model("yolov6n").eval())
     x = torch.rand(1, 3, 640, 640)
@@ -174,7 +174,7 @@ def part_a(ul, rows, info, n, threads):
 def part_b(ul, rows, info, work, n):
     from yoloforge.export.onnx import export_onnx
     from yoloforge.export.runtime import OpenVINOBackend, OrtBackend
-    from yoloforge.models.registry import build_model
+    from yoloforge.families.registry import build_model
 
     m = build_model("yolov6n")
     paths = {"ours yolov6n": export_onnx(m, work / "ours_yolov6n.onnx", imgsz=640)}
@@ -448,7 +448,7 @@ def main() -> int:
     work = Path(a.workdir or tempfile.mkdtemp(prefix="yoloforge-vs-ul-"))
     work.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
-    from yoloforge.models.registry import build_model
+    from yoloforge.families.registry import build_model
     from yoloforge.export.onnx import deploy_copy
     from yoloforge.utils.flops import count_gflops, count_params
 

@@ -41,7 +41,7 @@ def untrained_teacher(runs: Path, data: Path) -> Path:
     import torch
 
     from yoloforge.data.formats import load_data_yaml
-    from yoloforge.models.registry import build_model
+    from yoloforge.families.registry import build_model
     from yoloforge.utils.checkpoint import save_weights
 
     path = runs / "untrained_teacher.safetensors"

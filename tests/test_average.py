@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from yoloforge.engine.average import average, average_states
-from yoloforge.models.registry import build_model
+from yoloforge.families.registry import build_model
 from yoloforge.utils.checkpoint import save_weights
 from yoloforge.weights import load_model
 

@@ -18,7 +18,7 @@ from yoloforge.engine.optim import lr_lambda
 from yoloforge.families.yolov4.loss import YOLOv4Loss, build_targets, smooth_bce_targets
 from yoloforge.families.yolov4.bof import (CmBN2d, DropBlock2d, SpatialAttention, convert_cmbn, reset_cmbn,
                                   set_dropblock)
-from yoloforge.models.registry import build_model
+from yoloforge.families.registry import build_model
 from yoloforge.utils.nms import nms, non_max_suppression
 
 from test_augment import _tile_loader, check_follow, scene

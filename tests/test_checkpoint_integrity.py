@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from yoloforge.models.registry import build_model
+from yoloforge.families.registry import build_model
 from yoloforge.utils import checkpoint as ckpt
 from yoloforge.weights import load_model
 

@@ -17,7 +17,7 @@ from yoloforge.cli import build_parser
 from yoloforge.config import TrainConfig
 from yoloforge.engine.trainer import Trainer, compile_for_training
 from yoloforge.models.base import _standard_strides, onednn_risky
-from yoloforge.models.registry import build_model
+from yoloforge.families.registry import build_model
 from yoloforge.utils.checkpoint import load_state
 
 

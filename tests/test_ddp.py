@@ -35,7 +35,7 @@ def _batch():
 
 
 def _model():
-    from yoloforge.models.registry import build_model
+    from yoloforge.families.registry import build_model
 
     torch.manual_seed(1)
     m = build_model("yolov6n", nc=3)

@@ -58,7 +58,7 @@ def test_distill_weights_follow_the_official_configs():
 
 
 def test_teacher_uses_batch_statistics_and_never_updates_them():
-    from yoloforge.models.registry import build_model
+    from yoloforge.families.registry import build_model
 
     t = prepare_teacher(build_model("yolov6n", nc=3))
     bn = next(m for m in t.modules() if isinstance(m, torch.nn.BatchNorm2d))

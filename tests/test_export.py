@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from yoloforge.models.registry import build_model, list_models
+from yoloforge.families.registry import build_model, list_models
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

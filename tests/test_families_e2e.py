@@ -38,7 +38,7 @@ def test_imgsz_must_fit_the_largest_stride(tiny_data, tmp_path):
 
 def test_loss_scale_is_family_specific_but_finite(tiny_data):
     from yoloforge.config import load_hyp
-    from yoloforge.models.registry import build_model
+    from yoloforge.families.registry import build_model
 
     for name in ("yolov6n", "yolov7-tiny", "yolov4-tiny"):
         m = build_model(name, nc=4).train()

@@ -10,7 +10,7 @@ class _Stub:
     """What training_hooks reads of a trainer."""
 
     def __init__(self, model="yolov6n", hyp=None, **cfg):
-        from yoloforge.models.registry import build_model
+        from yoloforge.families.registry import build_model
 
         self.model = build_model(model, nc=2, **cfg.pop("model_kw", {}))
         self.hyp = hyp or {}

@@ -89,7 +89,7 @@ def test_registry_names_and_urls():
         hub.asset_for("yolov4-p5")
     with pytest.raises(ValueError, match="no official weights known"):
         hub.asset_for("yolov9")
-    from yoloforge.models.registry import list_models
+    from yoloforge.families.registry import list_models
 
     assert {a.model for a in hub.ASSETS.values()} <= set(list_models())
 

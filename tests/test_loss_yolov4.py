@@ -160,7 +160,7 @@ def test_single_class_has_no_class_loss_and_total_scales_with_batch():
 
 
 def test_model_build_loss_end_to_end():
-    from yoloforge.models.registry import build_model
+    from yoloforge.families.registry import build_model
 
     torch.manual_seed(0)
     m = build_model("yolov4-tiny", nc=3).train()

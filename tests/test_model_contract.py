@@ -5,7 +5,7 @@ import torch
 from helpers import randomize_bn
 
 from yoloforge.config import load_hyp
-from yoloforge.models.registry import build_model, list_models
+from yoloforge.families.registry import build_model, list_models
 
 NC = 3
 

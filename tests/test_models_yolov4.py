@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from yoloforge.models.anchor_head import AnchorHead
-from yoloforge.models.registry import build_model, list_models
+from yoloforge.families.registry import build_model, list_models
 from yoloforge.families.yolov4.model import ANCHORS_TINY, YOLOv4
 from yoloforge.families.yolov4.blocks import (BottleneckCSP, BottleneckCSP2, ChannelAffine, SPPCSP,
                                             TinyCSPBlock)

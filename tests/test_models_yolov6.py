@@ -12,7 +12,7 @@ from yoloforge.families.yolov6.blocks import BepC3, BottleRep
 from yoloforge.families.yolov6.model import YOLOv6
 from yoloforge.models.box_coder import dfl_expectation, make_anchor_points, make_atss_anchors
 from yoloforge.models.common import ConvBNAct, RepVGGBlock, fuse_conv_bn
-from yoloforge.models.registry import build_model, list_models
+from yoloforge.families.registry import build_model, list_models
 from yoloforge.utils.flops import count_gflops, count_params, model_info
 
 # ../shared/FACTS.md "Verified counts of the official models" (fused, nc 80, 640x640).

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from yoloforge.models.anchor_head import AnchorHead, ImplicitA, ImplicitM
-from yoloforge.models.registry import build_model, list_models
+from yoloforge.families.registry import build_model, list_models
 from yoloforge.families.yolov7.model import YOLOv7
 from yoloforge.families.yolov7.blocks import ELAN, SPPCSPC, DownC, MPDown, RepConvN
 from yoloforge.families.yolov7 import specs as S

@@ -31,7 +31,7 @@ import pytest
 import torch
 
 from yoloforge.models.base import onednn_risky
-from yoloforge.models.registry import build_model
+from yoloforge.families.registry import build_model
 
 BARE = """
 import torch
@@ -44,7 +44,7 @@ print("survived")
 
 GUARDED = """
 import sys, torch
-from yoloforge.models.registry import build_model
+from yoloforge.families.registry import build_model
 torch.manual_seed(0)
 x = torch.rand(2, 3, 64, 64)
 def leaves(o):

@@ -43,7 +43,7 @@ import gc, signal, sys
 from pathlib import Path
 from yoloforge.export.openvino import export_openvino
 from yoloforge.export.runtime import OpenVINOBackend, native_bf16
-from yoloforge.models.registry import build_model
+from yoloforge.families.registry import build_model
 signal.signal(signal.SIGUSR1, lambda *a: print("handler ran", flush=True))
 ir = export_openvino(build_model("yolov6n", nc=2).eval(), Path(sys.argv[1]) / "ir", imgsz=64)
 native_bf16()

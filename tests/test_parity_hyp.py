@@ -87,7 +87,7 @@ def test_scaledyolov4_presets():
 
 
 def test_models_pick_the_preset_named_after_their_file():
-    from yoloforge.models.registry import build_model
+    from yoloforge.families.registry import build_model
 
     for name, preset in (("yolov7-tiny", "tiny"), ("yolov7", "p5"), ("yolov7-w6", "p6"), ("yolov6n", "yolov6"),
                          ("yolov4-csp", "yolov4"), ("yolov4-p5", "yolov4")):

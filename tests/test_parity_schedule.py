@@ -64,7 +64,7 @@ def test_yolov6_bottlerep_alpha_is_not_trained_as_officially():
     no group and keeps 1.0; hyp train_alpha=true trains it (in the no-decay group)."""
     from yoloforge.config import load_hyp
     from yoloforge.engine.optim import build_optimizer
-    from yoloforge.models.registry import build_model
+    from yoloforge.families.registry import build_model
 
     model = build_model("yolov6m", nc=2)
     alphas = {id(p) for n, p in model.named_parameters() if n.endswith(".alpha")}

@@ -37,7 +37,7 @@ def run_yoloforge(case: dict, name: str, tmp: Path):
     from yoloforge.engine.trainer import Trainer
 
     from yoloforge.config import HYP_PRESETS
-    from yoloforge.models.registry import build_model
+    from yoloforge.families.registry import build_model
 
     data = make_step_data(tmp / "data")
     preset = HYP_PRESETS[build_model(name, nc=1).default_hyp]

@@ -10,7 +10,7 @@ import torch
 
 from helpers import randomize_bn
 from yoloforge.cli import main
-from yoloforge.models.registry import build_model
+from yoloforge.families.registry import build_model
 from yoloforge.quant import fake_quant, qat
 from yoloforge.utils.checkpoint import save_weights
 from yoloforge.weights import load_model

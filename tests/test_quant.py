@@ -10,7 +10,7 @@ import torch
 from helpers import randomize_bn
 from yoloforge import Detector
 from yoloforge.cli import main
-from yoloforge.models.registry import build_model
+from yoloforge.families.registry import build_model
 from yoloforge.quant.sensitivity import fake_quant_activation, fake_quant_weight, layer_sensitivity
 from yoloforge.utils.checkpoint import save_weights
 

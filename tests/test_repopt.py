@@ -9,7 +9,7 @@ from torch import nn
 
 from yoloforge.families.yolov6.repopt import RepOptimizer, extract_scales, gradient_mask, reinitialize
 from yoloforge.families.yolov6.blocks import HyperSearchBlock, RealVGGBlock
-from yoloforge.models.registry import build_model
+from yoloforge.families.registry import build_model
 
 
 def test_masked_sgd_on_one_kernel_equals_sgd_on_the_scaled_branches():

@@ -4,7 +4,7 @@ import argparse
 import pytest
 
 from yoloforge import scaling as S
-from yoloforge.models.registry import build_model
+from yoloforge.families.registry import build_model
 from yoloforge.families.yolov4.blocks import BottleneckCSP, BottleneckCSP2, TinyCSPBlock
 from yoloforge.utils.flops import count_gflops
 

@@ -125,7 +125,7 @@ def test_nonfinite_stop_never_keeps_nonfinite_weights(tiny_data, tmp_path, model
 
 
 def test_finetune_other_nc_reinitializes_class_outputs(tiny_data, tmp_path):
-    from yoloforge.models.registry import build_model
+    from yoloforge.families.registry import build_model
     from yoloforge.utils.checkpoint import save_weights
 
     src = build_model("yolov6n", nc=7)

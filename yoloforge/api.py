@@ -40,7 +40,7 @@ class Detector:
         ``"yolov7_training.pt"`` that is not a local file. ``build_kw``: build options of a registered name, e.g.
         ``Detector("yolov6s", training_mode="hyper_search")`` (YOLOv6's RepOpt modes) or ``dropblock=0.1`` (yolov4)."""
         from yoloforge.export.runtime import Backend
-        from yoloforge.models.registry import build_model
+        from yoloforge.families.registry import build_model
         from yoloforge.weights import load_model
 
         self.device = default_device(device)

@@ -249,7 +249,7 @@ def measure(fns: dict, batches: list[int], imgsz: int, runs: int, warmup: int, s
 
 
 def untrained_weights(model_name: str, imgsz: int, workdir: Path) -> Path:
-    from yoloforge.models.registry import build_model
+    from yoloforge.families.registry import build_model
     from yoloforge.utils.checkpoint import save_weights
 
     m = build_model(model_name)

@@ -226,7 +226,7 @@ def cmd_quantize(a) -> int:
 
 
 def cmd_info(a) -> int:
-    from yoloforge.models.registry import build_model, list_models
+    from yoloforge.families.registry import build_model, list_models
     from yoloforge.utils.flops import model_info
 
     if a.list or not a.model:

@@ -105,8 +105,8 @@ def _check_hyp(hyp: dict) -> None:
             raise ValueError(f"hyp {key} is a probability in [0, 1], got {v!r}")
 
 
-#: YOLOv6 ``training_mode`` values (meituan/YOLOv6@0.2.0 ``get_block``; the blocks: families/yolov6/blocks.py ``conv_block``)
-TRAINING_MODES = ("repvgg", "hyper_search", "repopt", "conv_silu", "conv_relu")
+#: every ``--training-mode`` value (the families' records: YOLOv6's blocks)
+TRAINING_MODES = tuple(m for fam in FAMILIES for m in fam.training_modes)
 
 
 AMP_MODES = ("auto", "fp16", "bf16", "off")

@@ -281,7 +281,7 @@ def _build_scaled(name: str, width: float = 1.0, depth: float = 1.0, nc: int = 8
     """``name`` with its width / depth multiplied, by its family's ``model.scaled_kwargs`` (a family without one
     has no multipliers)."""
     from yoloforge.families import family_of
-    from yoloforge.models.registry import build_model
+    from yoloforge.families.registry import build_model
 
     if width == 1.0 and depth == 1.0:
         return build_model(name, nc=nc)

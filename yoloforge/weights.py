@@ -21,7 +21,7 @@ def load_model(path: str | Path, cfg: str | Path | None = None):
     Official checkpoints (yolov7 / YOLOv6 / ScaledYOLOv4 ``.pt``, darknet ``.weights`` with ``cfg``) are
     converted on the fly by the safe converter, with a one-line notice.
     """
-    from yoloforge.models.registry import build_model
+    from yoloforge.families.registry import build_model
 
     if Path(path).suffix.lower() != ".safetensors":
         from yoloforge.convert import load_official

@@ -84,7 +84,7 @@ def float64():
 
 def initial_model(name: str):
     """yoloforge model ``name`` (nc 4) with the seeded initial weights rounded through fp16."""
-    from yoloforge.models.registry import build_model
+    from yoloforge.families.registry import build_model
 
     dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)  # the same draws inside or outside float64()

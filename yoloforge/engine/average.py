@@ -107,7 +107,7 @@ def average(paths: list[str | Path], out: str | Path, weights: list[float] | Non
             bn_recalib: int = 0, imgsz: int | None = None, batch: int = 16, workers: int = 2,
             verbose: bool = True) -> Path:
     """Average ``paths`` into ``out`` (``.safetensors``), optionally re-estimating the BN statistics."""
-    from yoloforge.models.registry import build_model
+    from yoloforge.families.registry import build_model
 
     state, meta = average_states(paths, weights)
     model = build_model(meta["model"], **meta.get("build_kwargs", {}))

@@ -333,7 +333,7 @@ class Trainer:
         return path
 
     def _build_model(self) -> nn.Module:
-        from yoloforge.models.registry import build_model
+        from yoloforge.families.registry import build_model
 
         cfg, nc = self.cfg, len(self.names)
         weights = self._resolve_weights(cfg.weights)

@@ -268,7 +268,7 @@ def _plots(study, out: Path, n_done: int) -> None:
 def _open(a, worker: int = 0):
     """(study, space, base hyp, output folder) of this command's study."""
     from yoloforge.config import load_hyp
-    from yoloforge.models.registry import build_model
+    from yoloforge.families.registry import build_model
 
     out = Path(a.project) / a.name
     out.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ class Family:
     package: str  # yoloforge.families.<name>
     presets: dict[str, dict[str, Any]]  # hyp presets it owns (``--hyp NAME``; a model's ``default_hyp``)
     variant_hyp: dict[str, dict[str, Any]] = field(default_factory=dict)  # model name -> its keys over the preset
-    training_modes: bool = False  # its blocks take ``--training-mode`` (YOLOv6: repvgg, hyper_search, repopt, ...)
+    training_modes: tuple[str, ...] = ()  # the ``--training-mode`` values its blocks take (YOLOv6's)
     distill_loss: bool = False  # it has a distillation loss of its own (QAT distils through it; else the neck CWD)
     qat_hyp: dict[str, Any] = field(default_factory=dict)  # its keys over the official QAT recipe
 

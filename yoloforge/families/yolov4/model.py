@@ -44,7 +44,7 @@ from yoloforge.models.anchor_head import AnchorHead
 from yoloforge.models.base import DetectionModel
 from yoloforge.families.yolov4.bof import DropBlock2d, SpatialAttention, strip_dropblock
 from yoloforge.models.common import ConvBNAct
-from yoloforge.models.registry import register
+from yoloforge.families.registry import register
 from yoloforge.families.yolov4.blocks import BottleneckCSP, BottleneckCSP2, DarknetBottleneck, SPPCSP, TinyCSPBlock
 
 __all__ = ["YOLOv4", "YOLOv4Spec", "VARIANTS", "CSPDarknet", "CSPPAN", "TinyBackbone", "TinyNeck"]

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from yoloforge.config import TRAINING_MODES
+from yoloforge.families.yolov6 import FAMILY
 from yoloforge.models.common import ConvBNAct, RepVGGBlock, _bn, fuse_conv_bn, make_act
 
 __all__ = ["SimConv", "HyperSearchBlock", "RealVGGBlock", "RepBlock", "BottleRep", "BepC3", "SimSPPF", "SPPF",
@@ -120,7 +120,7 @@ def conv_block(kind: str):
         def block(c1, c2, k=3, s=1):
             return ConvBNAct(c1, c2, k, s, act=act, bias=True)
         return block
-    raise ValueError(f"unknown YOLOv6 training_mode {kind!r}; known: {', '.join(TRAINING_MODES)}")
+    raise ValueError(f"unknown YOLOv6 training_mode {kind!r}; known: {', '.join(FAMILY.training_modes)}")
 
 
 class RepBlock(nn.Sequential):

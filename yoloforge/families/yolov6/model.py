@@ -34,7 +34,7 @@ from yoloforge.models.base import DetectionModel
 from yoloforge.families.yolov6.blocks import BepC3, RepBlock, SimConv, SimSPPF, SPPF, Transpose, conv_block
 from yoloforge.models.common import ConvBNAct
 from yoloforge.models.box_coder import dfl_expectation, distances_to_boxes, make_anchor_points
-from yoloforge.models.registry import register
+from yoloforge.families.registry import register
 
 BACKBONE_REPEATS = (1, 6, 12, 18, 6)
 BACKBONE_CHANNELS = (64, 128, 256, 512, 1024)
@@ -51,7 +51,7 @@ class YOLOv6Spec:
     width: float
     csp: bool = False  # CSPBepBackbone + CSPRepPANNeck (M/L)
     csp_e: float = 0.5
-    training_mode: str = "repvgg"  # repvgg | hyper_search | repopt | conv_silu | conv_relu (common.TRAINING_MODES)
+    training_mode: str = "repvgg"  # repvgg | hyper_search | repopt | conv_silu | conv_relu (FAMILY.training_modes)
     reg_max: int = 0  # 0: plain ltrb regression; 16: DFL bins
     iou_type: str = "giou"
 

@@ -31,7 +31,7 @@ from torch import nn
 from yoloforge.models.anchor_head import AnchorHead
 from yoloforge.models.base import DetectionModel
 from yoloforge.models.common import ConvBNAct
-from yoloforge.models.registry import register
+from yoloforge.families.registry import register
 from yoloforge.families.yolov7.blocks import ELAN, SPPCSPC, ReOrg, RepConvN, make_down
 from yoloforge.families.yolov7.specs import SPECS, ELANSpec, YOLOv7Spec
 

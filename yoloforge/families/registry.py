@@ -2,7 +2,7 @@
 
 A family module registers one builder per variant::
 
-    from yoloforge.models.registry import register
+    from yoloforge.families.registry import register
 
     @register("yolov7-tiny")
     def yolov7_tiny(nc=80, **kw): ...
