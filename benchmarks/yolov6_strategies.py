@@ -1,7 +1,7 @@
 """YOLOv6's training strategies measured: RepOpt vs RepVGG (fp32 and int8 mAP, per-layer ranges) and
 self-distillation vs none, at equal epochs, on the demo data and on coco128.
 
-    python benchmarks/yolov6_strategies.py [--parts demo,coco] [--seeds 0,1] [--coco-student-epochs 100]
+    python benchmarks/yolov6_strategies.py [--parts demo,coco] [--seeds 0,1] [--coco-student-epochs 40]
                                            [--runs DIR] [--out docs/yolov6_strategies]
 
 demo: the data and settings of ``yoloforge demo`` (generated shapes, 400 / 100 images at 160, 26 epochs,
@@ -14,7 +14,7 @@ coco: ../shared/data/coco128 at 320 (benchmarks/_common.py ``coco_model``): trai
   images and scored on the same images (ultralytics' coco128.yaml convention; the val2017 images are scored too,
   where a model that saw 128 images stays near 0). The demo's settings otherwise (batch 16, nbs 16, small-data),
   bf16, channels_last. 300 epochs for repvgg, hyper_search and repopt (stage 2 with the hyper-search run's scales),
-  seed 0; then ``--coco-student-epochs`` (100) for the self-distillation pair: a yolov6n student without and with
+  seed 0; then ``--coco-student-epochs`` (40) for the self-distillation pair: a yolov6n student without and with
   the 300-epoch repvgg model as its teacher, every seed; int8 of the repvgg and repopt models.
 A finished run under ``--runs`` (coco: the shared coco128 cache) is not trained again, a stopped one continues.
 Writes results_demo.csv / results_coco128.csv (one row per run; coco128's with the val2017 figures too) and
@@ -104,7 +104,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="demo,coco")
     ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--coco-student-epochs", type=int, default=100)
+    ap.add_argument("--coco-student-epochs", type=int, default=40)
     ap.add_argument("--runs", type=Path, default=Path(tempfile.gettempdir()) / "yoloforge_strategies")
     ap.add_argument("--out", type=Path, default=HERE.parent / "docs" / "yolov6_strategies")
     a = ap.parse_args()
