@@ -135,9 +135,8 @@ def prepare(model: nn.Module, exclude=(), reduce_range: bool = False, act_quant:
     if act_quant:
         from yoloforge.models.common import ConvBNAct
 
-        for name, m in model.named_modules():
-            if (isinstance(m, ConvBNAct) and isinstance(m.act, nn.LeakyReLU)
-                    and isinstance(m.conv, QuantConv2d)):
+        for m in list(model.modules()):  # listed first: the loop replaces submodules
+            if isinstance(m, ConvBNAct) and isinstance(m.act, nn.LeakyReLU) and isinstance(m.conv, QuantConv2d):
                 m.act = QuantAct(m.act)
     # kept in the weights' metadata: load_model prepares again
     model.qat = {"excluded": list(exclude), "reduce_range": bool(reduce_range), "act_quant": bool(act_quant)}
